@@ -1,0 +1,237 @@
+//! Reading an MXC document the way MXC's runtime does, into a [`Document`]: what the document
+//! means, validated. Entry points: [`parse`] and [`parse_with`].
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{PolicyError, Violation};
+use crate::json::parse_strict;
+use crate::model::{Containment, ContainerConfig};
+use crate::netspec::NetworkSpec;
+use crate::path::JsonPath;
+use crate::version::SchemaVersion;
+use crate::{admission, sandbox_policy, shape, validate};
+
+/// Which authoring shape a document uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DocumentKind {
+    /// MXC's wire format (`wxc-exec`/`lxc-exec` input).
+    ContainerConfig,
+    /// MXC's SDK authoring shape (`filesystem`, `network`, `ui`, `timeoutMs`, `version`).
+    SandboxPolicy,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ParseOptions {
+    /// Force an authoring shape instead of detecting it.
+    pub kind: Option<DocumentKind>,
+    /// Require `process.commandLine` (MXC's one-shot executor does). Off when the command comes
+    /// from elsewhere: `agentcell run -- CMD`, or a container image in the shim.
+    pub require_command: bool,
+    /// MXC's `--allow-testing-features`: accept `network.proxy.builtinTestServer`.
+    pub allow_testing_features: bool,
+}
+
+impl ParseOptions {
+    /// The options of MXC's one-shot executor (`lxc-exec CONFIG`).
+    pub fn executor() -> Self {
+        Self { require_command: true, ..Self::default() }
+    }
+}
+
+/// The Linux executor MXC would run a containment with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Backend {
+    /// `process` (and an omitted containment) or `bubblewrap`.
+    Bubblewrap,
+    Lxc,
+    /// `vm` and `microvm`.
+    Microvm,
+    Hyperlight,
+    /// A Windows or macOS containment; MXC's Linux executor cannot run it.
+    Foreign(Containment),
+}
+
+impl Backend {
+    pub fn for_linux(c: Containment) -> Self {
+        match c {
+            Containment::Process | Containment::Bubblewrap => Self::Bubblewrap,
+            Containment::Lxc => Self::Lxc,
+            Containment::Microvm | Containment::Vm => Self::Microvm,
+            Containment::Hyperlight => Self::Hyperlight,
+            other => Self::Foreign(other),
+        }
+    }
+    /// The concrete containment name MXC reports after resolving intents on Linux.
+    pub fn resolved_containment(self) -> Containment {
+        match self {
+            Self::Bubblewrap => Containment::Bubblewrap,
+            Self::Lxc => Containment::Lxc,
+            Self::Microvm => Containment::Microvm,
+            Self::Hyperlight => Containment::Hyperlight,
+            Self::Foreign(c) => c,
+        }
+    }
+}
+
+/// Filesystem lists after same-string duplicates collapsed to the strictest list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FsLists {
+    pub readwrite: Vec<String>,
+    pub readonly: Vec<String>,
+    pub denied: Vec<String>,
+}
+
+/// Something the reader decided that the author should know (never a weakening).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub path: String,
+    pub message: String,
+}
+
+impl Note {
+    pub fn new(path: JsonPath, message: impl Into<String>) -> Self {
+        Self { path: path.to_string(), message: message.into() }
+    }
+}
+
+/// A validated MXC document and what it means.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub kind: DocumentKind,
+    pub version: SchemaVersion,
+    /// The `ContainerConfig` the document means (a `SandboxPolicy` is converted as MXC's SDK does).
+    pub config: ContainerConfig,
+    pub containment: Containment,
+    pub backend: Backend,
+    pub filesystem: FsLists,
+    pub network: NetworkSpec,
+    pub notes: Vec<Note>,
+}
+
+/// Parses with MXC's executor options (command required, no testing features).
+pub fn parse(text: &str) -> Result<Document, PolicyError> {
+    parse_with(text, &ParseOptions::executor())
+}
+
+pub fn parse_with(text: &str, opts: &ParseOptions) -> Result<Document, PolicyError> {
+    parse_value(parse_strict(text)?, opts)
+}
+
+pub fn parse_value(value: Value, opts: &ParseOptions) -> Result<Document, PolicyError> {
+    let root = JsonPath::root();
+    if !value.is_object() {
+        return Err(PolicyError::one(
+            root,
+            format!("a policy must be a JSON object, found {}", shape::kind(&value)),
+        ));
+    }
+    let mut errs = Vec::new();
+    shape::check_objects_not_arrays(&value, &root, &mut errs);
+    if !errs.is_empty() {
+        return Err(PolicyError::Invalid(errs));
+    }
+    let kind = opts.kind.unwrap_or_else(|| detect_kind(&value));
+    let doc = match kind {
+        DocumentKind::ContainerConfig => {
+            let cfg: ContainerConfig = typed_at(value.clone(), &root)?;
+            validate::runtime(cfg, &value, kind, opts)?
+        }
+        DocumentKind::SandboxPolicy => {
+            let cfg = sandbox_policy::to_container_config(&value)?;
+            let raw = serde_json::to_value(&cfg).expect("model serializes");
+            let opts = ParseOptions { require_command: false, ..opts.clone() };
+            validate::runtime(cfg, &raw, kind, &opts)?
+        }
+    };
+    admission::check(&doc)?;
+    Ok(doc)
+}
+
+/// `process` means a `ContainerConfig`; a field only the SDK shape has means a `SandboxPolicy`;
+/// a field only the wire shape has means a `ContainerConfig`. A document with neither (only
+/// `version`, `filesystem`, the directional network, `runtimeConfig`) means the same either way,
+/// and is read as a `SandboxPolicy` when it declares a version (the SDK requires one).
+pub fn detect_kind(v: &Value) -> DocumentKind {
+    let has = |p: &[&str]| {
+        let mut cur = v;
+        for k in p {
+            match cur.get(k) {
+                Some(n) => cur = n,
+                None => return false,
+            }
+        }
+        true
+    };
+    if has(&["process"]) {
+        return DocumentKind::ContainerConfig;
+    }
+    let sdk_only = [
+        &["timeoutMs"][..],
+        &["filesystem", "clearPolicyOnExit"],
+        &["network", "allowOutbound"],
+        &["ui", "allowWindows"],
+        &["ui", "allowInputInjection"],
+    ];
+    if sdk_only.iter().any(|p| has(p)) {
+        return DocumentKind::SandboxPolicy;
+    }
+    let wire_only = [
+        &["containment"][..],
+        &["containerId"],
+        &["lifecycle"],
+        &["fallback"],
+        &["lxc"],
+        &["seatbelt"],
+        &["macos_sandbox"],
+        &["appContainer"],
+        &["experimental"],
+        &["phase"],
+        &["sandboxId"],
+        &["correlationVector"],
+        &["network", "defaultPolicy"],
+        &["network", "enforcementMode"],
+        &["ui", "disable"],
+        &["ui", "injection"],
+    ];
+    if wire_only.iter().any(|p| has(p)) || !has(&["version"]) {
+        return DocumentKind::ContainerConfig;
+    }
+    if let Some(pc) = v.get("processContainer").and_then(Value::as_object) {
+        if pc.keys().any(|k| k != "network") {
+            return DocumentKind::ContainerConfig;
+        }
+    }
+    DocumentKind::SandboxPolicy
+}
+
+/// Reads a typed value, reporting serde's first error with the JSON path below `base`.
+pub fn typed_at<T: DeserializeOwned>(value: Value, base: &JsonPath) -> Result<T, PolicyError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let rel = e.path().to_string();
+        let mut path = if rel == "." || rel.is_empty() {
+            base.clone()
+        } else {
+            JsonPath::parse(&format!("{base}.{rel}").replace("(document).", ""))
+        };
+        let message = tidy_serde_message(&e.inner().to_string());
+        // Name the unknown key itself, not the object holding it.
+        if let Some(rest) = message.strip_prefix("unknown field `") {
+            if let Some(key) = rest.split('`').next() {
+                if path.last_key().as_deref() != Some(key) {
+                    path = path.key(key);
+                }
+            }
+        }
+        PolicyError::Invalid(vec![Violation::new(path, message)])
+    })
+}
+
+fn tidy_serde_message(m: &str) -> String {
+    // serde's wording is fine, but its "unit variant" vocabulary is not the author's.
+    m.replace("variant", "value").replace("invalid type: null", "null is not allowed")
+}

@@ -1,0 +1,25 @@
+//! Ready policies shipped with agentcell (`policies/presets/*.json`), embedded at build time.
+
+/// `(name, one-line description, document)`.
+pub const PRESETS: &[(&str, &str, &str)] = &[
+    (
+        "coding-agent",
+        "Workspace read-write, .git read-only, .env/.ssh denied; egress only to TCP 443 on listed CIDRs.",
+        include_str!("../presets/coding-agent.json"),
+    ),
+    ("offline", "No network at all; workspace read-write, nothing else writable.", include_str!("../presets/offline.json")),
+    (
+        "ml-toolchain",
+        "Toolchains read-only, data dir read-write, GPU device paths allowed (Linux and WSL2); no network.",
+        include_str!("../presets/ml-toolchain.json"),
+    ),
+    (
+        "untrusted-code",
+        "Tightest: one scratch dir, no network, short timeout, secrets and toolchain caches denied.",
+        include_str!("../presets/untrusted-code.json"),
+    ),
+];
+
+pub fn get(name: &str) -> Option<&'static str> {
+    PRESETS.iter().find(|(n, _, _)| *n == name).map(|(_, _, d)| *d)
+}

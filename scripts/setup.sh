@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what agentcell needs to build and test on a fresh Debian 12 machine. Idempotent.
+# Run as root (CI is root); uses sudo otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# Debian packages: the build needs a C toolchain and libseccomp (libcontainer links it); the
+# enforcement and e2e suites use the real kernel tools listed here.
+PKGS=(build-essential pkg-config libseccomp-dev)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The toolchain pinned in rust-toolchain.toml, with rustfmt and clippy.
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install rustup (https://rustup.rs) first" >&2
+  exit 1
+fi
+rustup show active-toolchain >/dev/null
+echo "setup: ok"
