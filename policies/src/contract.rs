@@ -99,6 +99,16 @@ pub fn check(text: &str) -> Result<ContractVerdict, PolicyError> {
 }
 
 pub fn check_value(value: &Value) -> Result<ContractVerdict, PolicyError> {
+    check_value_as(value, None)
+}
+
+/// Checks `text` as one given request root, without MXC's root selection (as MXC's fixture tests
+/// read each folder: a one-shot document with a `phase` is an unknown field, not an exec request).
+pub fn check_as(text: &str, root: RequestRoot) -> Result<ContractVerdict, PolicyError> {
+    check_value_as(&parse_strict(text)?, Some(root))
+}
+
+pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<ContractVerdict, PolicyError> {
     let root = JsonPath::root();
     let Some(obj) = value.as_object() else {
         return Err(PolicyError::one(root, "a configuration must be a JSON object"));
@@ -129,7 +139,13 @@ pub fn check_value(value: &Value) -> Result<ContractVerdict, PolicyError> {
         return Err(PolicyError::Invalid(errs));
     }
 
-    let root_kind = select_root(obj, version)?;
+    let root_kind = match forced {
+        None => select_root(obj, version)?,
+        Some(r) => {
+            check_markers(obj, r)?;
+            r
+        }
+    };
     let (allowed, required) = root_keys(version, root_kind);
     for k in obj.keys() {
         if !allowed.contains(&k.as_str()) {
@@ -311,6 +327,30 @@ fn select_root(obj: &Map<String, Value>, version: ContractVersion) -> Result<Req
             ));
         }
     })
+}
+
+/// The `phase` and provision `containment` markers a forced root requires.
+fn check_markers(obj: &Map<String, Value>, root: RequestRoot) -> Result<(), PolicyError> {
+    let (phase, containment) = match root {
+        RequestRoot::OneShot => return Ok(()),
+        RequestRoot::Start => ("start", None),
+        RequestRoot::Exec => ("exec", None),
+        RequestRoot::Stop => ("stop", None),
+        RequestRoot::Deprovision => ("deprovision", None),
+        RequestRoot::WindowsSandboxProvision => ("provision", Some("windows_sandbox")),
+        RequestRoot::IsolationSessionProvision => ("provision", Some("isolation_session")),
+        RequestRoot::WslcProvision => ("provision", Some("wslc")),
+    };
+    let p = JsonPath::root();
+    if obj.get("phase") != Some(&Value::String(phase.into())) {
+        return Err(PolicyError::one(p.key("phase"), format!("must be \"{phase}\" for a {} request", root.as_str())));
+    }
+    if let Some(c) = containment {
+        if obj.get("containment") != Some(&Value::String(c.into())) {
+            return Err(PolicyError::one(p.key("containment"), format!("must be \"{c}\" for a {} request", root.as_str())));
+        }
+    }
+    Ok(())
 }
 
 fn root_keys(version: ContractVersion, root: RequestRoot) -> (Vec<&'static str>, Vec<&'static str>) {

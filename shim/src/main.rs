@@ -1,1 +1,48 @@
-fn main() {}
+//! `agentcell`: run Microsoft MXC policies confined on Linux.
+
+mod cli;
+mod host;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run AI agents' code confined by Microsoft MXC policies, on any Linux host or Kubernetes node.
+///
+/// agentcell reads MXC configuration documents (a ContainerConfig, or the SDK's SandboxPolicy;
+/// schema 0.6 to 0.9) with MXC's own verdicts, and compiles each accepted document into one
+/// enforcement plan: mounts, Landlock, seccomp, and an nftables fence in a private network
+/// namespace.
+#[derive(Debug, Parser)]
+#[command(name = "agentcell", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// Log filter (also AGENTCELL_LOG), e.g. `debug` or `agentcell=trace`.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate, explain and fingerprint MXC policy documents.
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    match cli.command {
+        Command::Policy(cmd) => cli::policy::run(cmd),
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = filter
+        .map(EnvFilter::new)
+        .or_else(|| EnvFilter::try_from_env("AGENTCELL_LOG").ok())
+        .unwrap_or_else(|| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

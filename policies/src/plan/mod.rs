@@ -282,11 +282,11 @@ fn report(
     out.push(item(
         net_field,
         format!(
-            "{} egress rule(s), default {:?}, identical for IPv4 and IPv6; inbound default {:?}; host loopback {:?}",
+            "{} egress rule(s), default {}, identical for IPv4 and IPv6; inbound {}; host loopback {}",
             network.egress.len(),
-            network.egress_default,
-            network.ingress_default,
-            network.host_loopback
+            network.egress_default.as_str(),
+            network.ingress_default.as_str(),
+            network.host_loopback.as_str()
         ),
         egress_mech,
         net_status.clone(),

@@ -16,6 +16,15 @@ pub enum Verdict {
     Drop,
 }
 
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Drop => "drop",
+        }
+    }
+}
+
 impl From<Action> for Verdict {
     fn from(a: Action) -> Self {
         match a {

@@ -60,7 +60,7 @@ pub fn build(
         Some(c) => (c.to_string(), "process.cwd".to_string()),
         // MXC's ProcessContainer rule: the first read-write path.
         None => match first_rw {
-            Some((p, origin)) => (p, format!("first read-write path ({origin})")),
+            Some((p, origin)) => (p, format!("first read-write path, {origin}")),
             None => ("/".to_string(), "default (no read-write path)".to_string()),
         },
     };

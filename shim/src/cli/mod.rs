@@ -1,0 +1,4 @@
+//! Subcommands of the `agentcell` CLI.
+
+pub mod explain;
+pub mod policy;
