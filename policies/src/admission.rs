@@ -21,7 +21,11 @@ pub fn check(doc: &Document) -> Result<(), PolicyError> {
         Backend::Microvm | Backend::Hyperlight => vm(doc, &mut errs),
         Backend::Foreign(_) => {}
     }
-    if errs.is_empty() { Ok(()) } else { Err(PolicyError::Invalid(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::Invalid(errs))
+    }
 }
 
 fn net() -> JsonPath {
@@ -53,11 +57,22 @@ fn bwrap_mode(doc: &Document) -> BwrapMode {
         }
         NetworkSpec::Legacy(l) => {
             let lists = !l.allowed_hosts.is_empty() || !l.blocked_hosts.is_empty();
-            let firewall = matches!(l.enforcement_mode, EnforcementMode::Firewall | EnforcementMode::Both);
+            let firewall = matches!(
+                l.enforcement_mode,
+                EnforcementMode::Firewall | EnforcementMode::Both
+            );
             if l.proxy.is_some() {
-                if strict { BwrapMode::ProxyOnly } else { BwrapMode::LegacyHost }
+                if strict {
+                    BwrapMode::ProxyOnly
+                } else {
+                    BwrapMode::LegacyHost
+                }
             } else if firewall && lists {
-                if strict { BwrapMode::FirewallEnforced } else { BwrapMode::LegacyHost }
+                if strict {
+                    BwrapMode::FirewallEnforced
+                } else {
+                    BwrapMode::LegacyHost
+                }
             } else if l.default_policy == DefaultPolicy::Block && !lists {
                 BwrapMode::Isolated
             } else {
@@ -72,19 +87,23 @@ fn bubblewrap(doc: &Document, errs: &mut Vec<Violation>) {
     let mode = bwrap_mode(doc);
     let (proxy, proxy_path) = match &doc.network {
         NetworkSpec::Legacy(l) => (l.proxy.as_ref(), net().key("proxy").key("url")),
-        NetworkSpec::Directional(d) => {
-            (d.proxy.as_ref(), JsonPath::root().key("runtimeConfig").key("networkProxy"))
-        }
+        NetworkSpec::Directional(d) => (
+            d.proxy.as_ref(),
+            JsonPath::root().key("runtimeConfig").key("networkProxy"),
+        ),
     };
     if proxy.is_some_and(|p| p.has_credentials) {
         errs.push(Violation::new(proxy_path.clone(), "Bubblewrap: the proxy URL must not carry credentials: it is passed into the workload's environment"));
         return;
     }
-    if let (Some(_), NetworkSpec::Directional(d)) = (proxy, &doc.network) {
-        if d.egress_default != Action::Deny || !d.allow.is_empty() || !d.deny.is_empty() {
-            errs.push(Violation::new(net().key("egress"), "Bubblewrap: a network proxy cannot be combined with a directional egress rule set"));
-            return;
-        }
+    if let (Some(_), NetworkSpec::Directional(d)) = (proxy, &doc.network)
+        && (d.egress_default != Action::Deny || !d.allow.is_empty() || !d.deny.is_empty())
+    {
+        errs.push(Violation::new(
+            net().key("egress"),
+            "Bubblewrap: a network proxy cannot be combined with a directional egress rule set",
+        ));
+        return;
     }
     if let NetworkSpec::Legacy(l) = &doc.network {
         let lists = !l.allowed_hosts.is_empty() || !l.blocked_hosts.is_empty();
@@ -93,7 +112,10 @@ fn bubblewrap(doc: &Document, errs: &mut Vec<Violation>) {
             return;
         }
         if strict {
-            let private = matches!(mode, BwrapMode::Isolated | BwrapMode::ProxyOnly | BwrapMode::FirewallEnforced);
+            let private = matches!(
+                mode,
+                BwrapMode::Isolated | BwrapMode::ProxyOnly | BwrapMode::FirewallEnforced
+            );
             if mode == BwrapMode::Shared && !l.allow_local_network {
                 errs.push(Violation::new(net().key("allowLocalNetwork"), "Bubblewrap: allowLocalNetwork=false is not enforced while the sandbox shares the host network namespace (defaultPolicy 'allow'); set allowLocalNetwork true to acknowledge, or restrict egress"));
                 return;
@@ -106,33 +128,41 @@ fn bubblewrap(doc: &Document, errs: &mut Vec<Violation>) {
     }
     if let NetworkSpec::Directional(d) = &doc.network {
         if d.ingress_default == Action::Allow {
-            errs.push(Violation::new(net().key("ingress").key("default"), "Bubblewrap: ingress.default 'allow' is not supported"));
+            errs.push(Violation::new(
+                net().key("ingress").key("default"),
+                "Bubblewrap: ingress.default 'allow' is not supported",
+            ));
             return;
         }
         if d.host_loopback == Action::Allow {
-            errs.push(Violation::new(net().key("ingress").key("hostLoopback"), "Bubblewrap: ingress.hostLoopback 'allow' is not supported"));
+            errs.push(Violation::new(
+                net().key("ingress").key("hostLoopback"),
+                "Bubblewrap: ingress.hostLoopback 'allow' is not supported",
+            ));
             return;
         }
     }
-    if mode == BwrapMode::ProxyOnly {
-        if let Some(p) = proxy.filter(|p| p.form != ProxyForm::BuiltinTestServer) {
-            if let ProxyEndpoint::Host { host, .. } = &p.endpoint {
-                match p.endpoint.ip() {
-                    Some(std::net::IpAddr::V6(v6)) if v6.is_loopback() => {
-                        errs.push(Violation::new(proxy_path, format!("Bubblewrap: proxy address '{host}' is the IPv6 loopback, which the private network namespace cannot reach; use 127.0.0.1")));
-                        return;
-                    }
-                    Some(std::net::IpAddr::V6(v6)) if !v6.is_unspecified() => {
-                        errs.push(Violation::new(proxy_path, format!("Bubblewrap: IPv6 proxy address '{host}' is not supported")));
-                        return;
-                    }
-                    None if !host.eq_ignore_ascii_case("localhost") && denies_etc_hosts(doc) => {
-                        errs.push(Violation::new(proxy_path, format!("Bubblewrap: the proxy endpoint '{host}' is a host name, reached by pinning it in the sandbox's /etc/hosts, but the filesystem policy denies that path")));
-                        return;
-                    }
-                    _ => {}
-                }
+    if mode == BwrapMode::ProxyOnly
+        && let Some(p) = proxy.filter(|p| p.form != ProxyForm::BuiltinTestServer)
+        && let ProxyEndpoint::Host { host, .. } = &p.endpoint
+    {
+        match p.endpoint.ip() {
+            Some(std::net::IpAddr::V6(v6)) if v6.is_loopback() => {
+                errs.push(Violation::new(proxy_path, format!("Bubblewrap: proxy address '{host}' is the IPv6 loopback, which the private network namespace cannot reach; use 127.0.0.1")));
+                return;
             }
+            Some(std::net::IpAddr::V6(v6)) if !v6.is_unspecified() => {
+                errs.push(Violation::new(
+                    proxy_path,
+                    format!("Bubblewrap: IPv6 proxy address '{host}' is not supported"),
+                ));
+                return;
+            }
+            None if !host.eq_ignore_ascii_case("localhost") && denies_etc_hosts(doc) => {
+                errs.push(Violation::new(proxy_path, format!("Bubblewrap: the proxy endpoint '{host}' is a host name, reached by pinning it in the sandbox's /etc/hosts, but the filesystem policy denies that path")));
+                return;
+            }
+            _ => {}
         }
     }
     if mode == BwrapMode::FirewallEnforced {
@@ -149,7 +179,11 @@ fn denies_etc_hosts(doc: &Document) -> bool {
     let depth = |p: &str| p.split('/').filter(|c| !c.is_empty()).count();
     let fs = &doc.filesystem;
     let mut best: Option<(usize, bool)> = None;
-    for (list, denied) in [(&fs.readwrite, false), (&fs.readonly, false), (&fs.denied, true)] {
+    for (list, denied) in [
+        (&fs.readwrite, false),
+        (&fs.readonly, false),
+        (&fs.denied, true),
+    ] {
         for p in list.iter().filter(|p| covers(p)) {
             let d = depth(p);
             if best.is_none_or(|(bd, _)| d >= bd) {
@@ -164,7 +198,10 @@ fn firewall_plan_limits(doc: &Document, errs: &mut Vec<Violation>) {
     let mut total = 0usize;
     match &doc.network {
         NetworkSpec::Legacy(l) => {
-            for (name, list) in [("allowedHosts", &l.allowed_hosts), ("blockedHosts", &l.blocked_hosts)] {
+            for (name, list) in [
+                ("allowedHosts", &l.allowed_hosts),
+                ("blockedHosts", &l.blocked_hosts),
+            ] {
                 for (i, e) in list.iter().enumerate() {
                     let p = net().key(name).index(i);
                     match e {
@@ -193,7 +230,10 @@ fn firewall_plan_limits(doc: &Document, errs: &mut Vec<Violation>) {
                         }
                         for (k, e) in peer.except.iter().enumerate() {
                             if netspec::straddles_v4_mapped(e) {
-                                errs.push(Violation::new(pp.key("except").index(k), straddle_msg(e)));
+                                errs.push(Violation::new(
+                                    pp.key("except").index(k),
+                                    straddle_msg(e),
+                                ));
                             }
                         }
                         let blocks = netspec::subtract(peer.cidr, &peer.except).len();
@@ -212,12 +252,20 @@ fn firewall_plan_limits(doc: &Document, errs: &mut Vec<Violation>) {
 }
 
 fn straddle_msg(n: &ipnet::IpNet) -> String {
-    format!("Bubblewrap: {n} is an IPv6 block shorter than /96 that contains the IPv4-mapped range ::ffff:0:0/96; list the IPv4 and IPv6 ranges separately")
+    format!(
+        "Bubblewrap: {n} is an IPv6 block shorter than /96 that contains the IPv4-mapped range ::ffff:0:0/96; list the IPv4 and IPv6 ranges separately"
+    )
 }
 
 fn lxc(doc: &Document, errs: &mut Vec<Violation>) {
     let lxc_section = doc.config.lxc.as_ref();
-    for (k, v) in [("distribution", lxc_section.and_then(|l| l.distribution.as_deref())), ("release", lxc_section.and_then(|l| l.release.as_deref()))] {
+    for (k, v) in [
+        (
+            "distribution",
+            lxc_section.and_then(|l| l.distribution.as_deref()),
+        ),
+        ("release", lxc_section.and_then(|l| l.release.as_deref())),
+    ] {
         if v.is_none_or(str::is_empty) {
             errs.push(Violation::new(JsonPath::root().key("lxc").key(k), "LXC: distribution and release are required (e.g. \"distribution\": \"alpine\", \"release\": \"3.23\")"));
         }
@@ -228,9 +276,15 @@ fn lxc(doc: &Document, errs: &mut Vec<Violation>) {
     match &doc.network {
         NetworkSpec::Directional(d) => {
             if d.proxy.is_some() {
-                errs.push(Violation::new(JsonPath::root().key("runtimeConfig").key("networkProxy"), "is not supported by the lxc backend"));
+                errs.push(Violation::new(
+                    JsonPath::root().key("runtimeConfig").key("networkProxy"),
+                    "is not supported by the lxc backend",
+                ));
             } else if d.ingress_default == Action::Allow {
-                errs.push(Violation::new(net().key("ingress").key("default"), "LXC: ingress.default 'allow' (permissive inbound) is not implemented"));
+                errs.push(Violation::new(
+                    net().key("ingress").key("default"),
+                    "LXC: ingress.default 'allow' (permissive inbound) is not implemented",
+                ));
             } else if d.host_loopback == Action::Allow {
                 errs.push(Violation::new(net().key("ingress").key("hostLoopback"), "LXC: ingress.hostLoopback 'allow' (permissive host-loopback inbound) is not implemented"));
             }
@@ -241,18 +295,30 @@ fn lxc(doc: &Document, errs: &mut Vec<Violation>) {
 
 fn lxc_legacy(doc: &Document, l: &LegacyNetwork, errs: &mut Vec<Violation>) {
     let firewall = doc.version.supports_directional()
-        || matches!(l.enforcement_mode, EnforcementMode::Firewall | EnforcementMode::Both);
+        || matches!(
+            l.enforcement_mode,
+            EnforcementMode::Firewall | EnforcementMode::Both
+        );
     if let Some(p) = &l.proxy {
         if p.has_credentials {
-            errs.push(Violation::new(net().key("proxy").key("url"), "LXC: the proxy URL must not carry credentials"));
+            errs.push(Violation::new(
+                net().key("proxy").key("url"),
+                "LXC: the proxy URL must not carry credentials",
+            ));
             return;
         }
         if matches!(p.endpoint.ip(), Some(std::net::IpAddr::V6(_))) {
-            errs.push(Violation::new(net().key("proxy").key("url"), "LXC: IPv6 network proxy endpoints are not supported"));
+            errs.push(Violation::new(
+                net().key("proxy").key("url"),
+                "LXC: IPv6 network proxy endpoints are not supported",
+            ));
             return;
         }
         if !l.blocked_hosts.is_empty() {
-            errs.push(Violation::new(net().key("blockedHosts"), "LXC: network.proxy cannot be combined with blockedHosts"));
+            errs.push(Violation::new(
+                net().key("blockedHosts"),
+                "LXC: network.proxy cannot be combined with blockedHosts",
+            ));
             return;
         }
     }
@@ -267,37 +333,72 @@ fn lxc_legacy(doc: &Document, l: &LegacyNetwork, errs: &mut Vec<Violation>) {
         }
     }
     if firewall && l.allow_local_network {
-        errs.push(Violation::new(net().key("allowLocalNetwork"), "LXC: allowLocalNetwork=true (permissive inbound) is not implemented"));
+        errs.push(Violation::new(
+            net().key("allowLocalNetwork"),
+            "LXC: allowLocalNetwork=true (permissive inbound) is not implemented",
+        ));
     }
 }
 
 fn vm(doc: &Document, errs: &mut Vec<Violation>) {
-    let name = if doc.backend == Backend::Hyperlight { "hyperlight" } else { "microvm" };
+    let name = if doc.backend == Backend::Hyperlight {
+        "hyperlight"
+    } else {
+        "microvm"
+    };
     if let NetworkSpec::Directional(d) = &doc.network {
         let net_cfg = doc.config.network.as_ref();
         if net_cfg.is_some_and(|n| n.egress.is_some()) {
-            errs.push(Violation::new(net().key("egress").key("default"), format!("is not supported by the {name} backend")));
+            errs.push(Violation::new(
+                net().key("egress").key("default"),
+                format!("is not supported by the {name} backend"),
+            ));
         } else if net_cfg.is_some_and(|n| n.ingress.is_some()) {
-            errs.push(Violation::new(net().key("ingress").key("default"), format!("is not supported by the {name} backend")));
+            errs.push(Violation::new(
+                net().key("ingress").key("default"),
+                format!("is not supported by the {name} backend"),
+            ));
         } else if d.proxy.is_some() {
-            errs.push(Violation::new(JsonPath::root().key("runtimeConfig").key("networkProxy"), format!("is not supported by the {name} backend")));
+            errs.push(Violation::new(
+                JsonPath::root().key("runtimeConfig").key("networkProxy"),
+                format!("is not supported by the {name} backend"),
+            ));
         }
     }
-    if let NetworkSpec::Legacy(l) = &doc.network {
-        if !l.allowed_hosts.is_empty() && !l.blocked_hosts.is_empty() {
-            errs.push(Violation::new(net(), format!("allowedHosts and blockedHosts are mutually exclusive for the {name} backend")));
-        }
+    if let NetworkSpec::Legacy(l) = &doc.network
+        && !l.allowed_hosts.is_empty()
+        && !l.blocked_hosts.is_empty()
+    {
+        errs.push(Violation::new(
+            net(),
+            format!("allowedHosts and blockedHosts are mutually exclusive for the {name} backend"),
+        ));
     }
-    if doc.config.process.as_ref().and_then(|p| p.cwd.as_deref()).is_some_and(|c| !c.is_empty()) {
-        errs.push(Violation::new(JsonPath::root().key("process").key("cwd"), format!("a working directory is not supported by the {name} backend")));
+    if doc
+        .config
+        .process
+        .as_ref()
+        .and_then(|p| p.cwd.as_deref())
+        .is_some_and(|c| !c.is_empty())
+    {
+        errs.push(Violation::new(
+            JsonPath::root().key("process").key("cwd"),
+            format!("a working directory is not supported by the {name} backend"),
+        ));
     }
     let fs = &doc.filesystem;
     if doc.backend == Backend::Microvm && !fs.denied.is_empty() {
-        errs.push(Violation::new(JsonPath::root().key("filesystem").key("deniedPaths"), "is not supported by the microvm (NanVix) backend"));
+        errs.push(Violation::new(
+            JsonPath::root().key("filesystem").key("deniedPaths"),
+            "is not supported by the microvm (NanVix) backend",
+        ));
     } else if doc.backend == Backend::Hyperlight {
         for p in &fs.denied {
             if fs.readwrite.contains(p) || fs.readonly.contains(p) {
-                errs.push(Violation::new(JsonPath::root().key("filesystem").key("deniedPaths"), format!("path {p:?} appears in both deniedPaths and an allow list")));
+                errs.push(Violation::new(
+                    JsonPath::root().key("filesystem").key("deniedPaths"),
+                    format!("path {p:?} appears in both deniedPaths and an allow list"),
+                ));
             }
         }
     }

@@ -20,8 +20,10 @@ pub fn canonical_json(doc: &Document) -> String {
     if let Some(fs) = v.get_mut("filesystem").and_then(Value::as_object_mut) {
         for list in fs.values_mut() {
             if let Value::Array(a) = list {
-                let mut items: Vec<String> =
-                    a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect();
+                let mut items: Vec<String> = a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect();
                 items.sort();
                 items.dedup();
                 *a = items.into_iter().map(Value::String).collect();

@@ -23,14 +23,21 @@ pub enum ContractVersion {
 }
 
 impl ContractVersion {
-    pub const ALL: [(&'static str, ContractVersion); 3] =
-        [("0.6.0-alpha", Self::V0_6), ("0.7.0-alpha", Self::V0_7), ("0.8.0-alpha", Self::V0_8)];
+    pub const ALL: [(&'static str, ContractVersion); 3] = [
+        ("0.6.0-alpha", Self::V0_6),
+        ("0.7.0-alpha", Self::V0_7),
+        ("0.8.0-alpha", Self::V0_8),
+    ];
 
     pub fn parse_exact(s: &str) -> Option<Self> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, v)| *v)
     }
     pub fn as_str(self) -> &'static str {
-        Self::ALL.iter().find(|(_, v)| *v == self).map(|(n, _)| *n).unwrap_or_default()
+        Self::ALL
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map(|(n, _)| *n)
+            .unwrap_or_default()
     }
 }
 
@@ -87,10 +94,22 @@ const ONE_SHOT_07_EXTRA: &[&str] = &["$schema", "_comment", "seatbelt", "macos_s
 const ONE_SHOT_08_EXTRA: &[&str] = &["runtimeConfig", "experimental"];
 const PHASE_COMMON: &[&str] = &["$schema", "_comment", "version", "phase"];
 
-const CONTAINMENT_06: &[&str] = &["process", "processcontainer", "appcontainer", "lxc", "bubblewrap"];
+const CONTAINMENT_06: &[&str] = &[
+    "process",
+    "processcontainer",
+    "appcontainer",
+    "lxc",
+    "bubblewrap",
+];
 const CONTAINMENT_07_EXTRA: &[&str] = &["seatbelt", "macos_sandbox"];
-const CONTAINMENT_08_EXTRA: &[&str] =
-    &["vm", "windows_sandbox", "microvm", "hyperlight", "wslc", "isolation_session"];
+const CONTAINMENT_08_EXTRA: &[&str] = &[
+    "vm",
+    "windows_sandbox",
+    "microvm",
+    "hyperlight",
+    "wslc",
+    "isolation_session",
+];
 
 /// Checks `text` against the exact published contract its `version` names.
 pub fn check(text: &str) -> Result<ContractVerdict, PolicyError> {
@@ -108,13 +127,24 @@ pub fn check_as(text: &str, root: RequestRoot) -> Result<ContractVerdict, Policy
     check_value_as(&parse_strict(text)?, Some(root))
 }
 
-pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<ContractVerdict, PolicyError> {
+pub fn check_value_as(
+    value: &Value,
+    forced: Option<RequestRoot>,
+) -> Result<ContractVerdict, PolicyError> {
     let root = JsonPath::root();
     let Some(obj) = value.as_object() else {
-        return Err(PolicyError::one(root, "a configuration must be a JSON object"));
+        return Err(PolicyError::one(
+            root,
+            "a configuration must be a JSON object",
+        ));
     };
     let version = match obj.get("version") {
-        None => return Err(PolicyError::one(root.key("version"), "missing required field")),
+        None => {
+            return Err(PolicyError::one(
+                root.key("version"),
+                "missing required field",
+            ));
+        }
         Some(Value::String(s)) => ContractVersion::parse_exact(s).ok_or_else(|| {
             PolicyError::one(
                 root.key("version"),
@@ -164,7 +194,10 @@ pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<Cont
             errs.push(Violation::new(root.key(k), "missing required field"));
         }
     }
-    for (a, b) in [("processContainer", "appContainer"), ("seatbelt", "macos_sandbox")] {
+    for (a, b) in [
+        ("processContainer", "appContainer"),
+        ("seatbelt", "macos_sandbox"),
+    ] {
         if obj.contains_key(a) && obj.contains_key(b) {
             errs.push(Violation::new(
                 root.key(b),
@@ -196,7 +229,10 @@ pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<Cont
         if root_kind == RequestRoot::OneShot && !ok.contains(&c.as_str()) {
             errs.push(Violation::new(
                 root.key("containment"),
-                format!("\"{c}\" is not a containment of schema {}", version.as_str()),
+                format!(
+                    "\"{c}\" is not a containment of schema {}",
+                    version.as_str()
+                ),
             ));
         }
     }
@@ -211,14 +247,20 @@ pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<Cont
     if let Some(l) = &cfg.lxc {
         for (name, v) in [("distribution", &l.distribution), ("release", &l.release)] {
             if v.is_none() {
-                errs.push(Violation::new(root.key("lxc").key(name), "missing required field"));
+                errs.push(Violation::new(
+                    root.key("lxc").key(name),
+                    "missing required field",
+                ));
             }
         }
     }
     if let Some(n) = &cfg.network {
         let np = root.key("network");
         if version < ContractVersion::V0_8 {
-            for (k, present) in [("egress", n.egress.is_some()), ("ingress", n.ingress.is_some())] {
+            for (k, present) in [
+                ("egress", n.egress.is_some()),
+                ("ingress", n.ingress.is_some()),
+            ] {
                 if present {
                     errs.push(Violation::new(np.key(k), "unknown field before schema 0.8"));
                 }
@@ -227,7 +269,11 @@ pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<Cont
         if let Some(raw) = obj.get("network").and_then(|v| v.get("proxy")) {
             check_contract_proxy(raw, &np.key("proxy"), &mut errs);
         }
-        for (list, rules) in n.egress.iter().flat_map(|e| [("allow", &e.allow), ("deny", &e.deny)]) {
+        for (list, rules) in n
+            .egress
+            .iter()
+            .flat_map(|e| [("allow", &e.allow), ("deny", &e.deny)])
+        {
             for (i, r) in rules.iter().flatten().enumerate() {
                 let rp = np.key("egress").key(list).index(i);
                 if r.to.as_ref().is_some_and(Vec::is_empty) {
@@ -250,7 +296,11 @@ pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<Cont
         }
     }
     if let Some(pc) = &cfg.process_container {
-        let key = if obj.contains_key("appContainer") { "appContainer" } else { "processContainer" };
+        let key = if obj.contains_key("appContainer") {
+            "appContainer"
+        } else {
+            "processContainer"
+        };
         let pp = root.key(key);
         if version < ContractVersion::V0_8 {
             for (k, present) in [
@@ -273,13 +323,19 @@ pub fn check_value_as(value: &Value, forced: Option<RequestRoot>) -> Result<Cont
         check_contract_experimental(exp, root_kind, &root.key("experimental"), &mut errs);
     }
     if errs.is_empty() {
-        Ok(ContractVerdict { version, root: root_kind })
+        Ok(ContractVerdict {
+            version,
+            root: root_kind,
+        })
     } else {
         Err(PolicyError::Invalid(errs))
     }
 }
 
-fn select_root(obj: &Map<String, Value>, version: ContractVersion) -> Result<RequestRoot, PolicyError> {
+fn select_root(
+    obj: &Map<String, Value>,
+    version: ContractVersion,
+) -> Result<RequestRoot, PolicyError> {
     let root = JsonPath::root();
     let Some(phase) = obj.get("phase") else {
         return Ok(RequestRoot::OneShot);
@@ -288,7 +344,10 @@ fn select_root(obj: &Map<String, Value>, version: ContractVersion) -> Result<Req
         // 0.6 and 0.7 have no state-aware roots: `phase` is an unknown field there.
         return Err(PolicyError::one(
             root.key("phase"),
-            format!("unknown field: schema {} has no state-aware requests", version.as_str()),
+            format!(
+                "unknown field: schema {} has no state-aware requests",
+                version.as_str()
+            ),
         ));
     }
     let Value::String(phase) = phase else {
@@ -300,7 +359,9 @@ fn select_root(obj: &Map<String, Value>, version: ContractVersion) -> Result<Req
         "stop" => RequestRoot::Stop,
         "deprovision" => RequestRoot::Deprovision,
         "provision" => match obj.get("containment") {
-            Some(Value::String(c)) if c == "windows_sandbox" => RequestRoot::WindowsSandboxProvision,
+            Some(Value::String(c)) if c == "windows_sandbox" => {
+                RequestRoot::WindowsSandboxProvision
+            }
             Some(Value::String(c)) if c == "isolation_session" => {
                 RequestRoot::IsolationSessionProvision
             }
@@ -343,17 +404,26 @@ fn check_markers(obj: &Map<String, Value>, root: RequestRoot) -> Result<(), Poli
     };
     let p = JsonPath::root();
     if obj.get("phase") != Some(&Value::String(phase.into())) {
-        return Err(PolicyError::one(p.key("phase"), format!("must be \"{phase}\" for a {} request", root.as_str())));
+        return Err(PolicyError::one(
+            p.key("phase"),
+            format!("must be \"{phase}\" for a {} request", root.as_str()),
+        ));
     }
-    if let Some(c) = containment {
-        if obj.get("containment") != Some(&Value::String(c.into())) {
-            return Err(PolicyError::one(p.key("containment"), format!("must be \"{c}\" for a {} request", root.as_str())));
-        }
+    if let Some(c) = containment
+        && obj.get("containment") != Some(&Value::String(c.into()))
+    {
+        return Err(PolicyError::one(
+            p.key("containment"),
+            format!("must be \"{c}\" for a {} request", root.as_str()),
+        ));
     }
     Ok(())
 }
 
-fn root_keys(version: ContractVersion, root: RequestRoot) -> (Vec<&'static str>, Vec<&'static str>) {
+fn root_keys(
+    version: ContractVersion,
+    root: RequestRoot,
+) -> (Vec<&'static str>, Vec<&'static str>) {
     let mut allowed: Vec<&str> = Vec::new();
     let mut required = vec!["version"];
     match root {
@@ -392,7 +462,11 @@ fn root_keys(version: ContractVersion, root: RequestRoot) -> (Vec<&'static str>,
             }
         }
     }
-    debug_assert!(ANNOTATIONS.iter().all(|a| version == ContractVersion::V0_6 || allowed.contains(a)));
+    debug_assert!(
+        ANNOTATIONS
+            .iter()
+            .all(|a| version == ContractVersion::V0_6 || allowed.contains(a))
+    );
     (allowed, required)
 }
 
@@ -407,10 +481,13 @@ fn check_contract_proxy(raw: &Value, path: &JsonPath, errs: &mut Vec<Violation>)
         return;
     }
     match o.iter().next() {
-        Some((k, Value::Number(n))) if k == "localhost" => {
-            if !matches!(n.as_u64(), Some(1..=65535)) {
-                errs.push(Violation::new(path.key(k), "must be a port between 1 and 65535"));
-            }
+        Some((k, Value::Number(n)))
+            if k == "localhost" && !matches!(n.as_u64(), Some(1..=65535)) =>
+        {
+            errs.push(Violation::new(
+                path.key(k),
+                "must be a port between 1 and 65535",
+            ));
         }
         Some((k, v)) if k == "builtinTestServer" && v != &Value::Bool(true) => {
             errs.push(Violation::new(path.key(k), "expected true"));
@@ -419,7 +496,11 @@ fn check_contract_proxy(raw: &Value, path: &JsonPath, errs: &mut Vec<Violation>)
     }
 }
 
-fn check_isolation_session_network(raw: Option<&Value>, path: &JsonPath, errs: &mut Vec<Violation>) {
+fn check_isolation_session_network(
+    raw: Option<&Value>,
+    path: &JsonPath,
+    errs: &mut Vec<Violation>,
+) {
     let Some(Value::Object(o)) = raw else {
         if raw.is_some() {
             errs.push(Violation::new(path.clone(), "expected an object"));
@@ -428,18 +509,32 @@ fn check_isolation_session_network(raw: Option<&Value>, path: &JsonPath, errs: &
     };
     for k in o.keys() {
         if k != "defaultPolicy" && k != "allowLocalNetwork" {
-            errs.push(Violation::new(path.key(k), "unknown field for an isolation_session provision"));
+            errs.push(Violation::new(
+                path.key(k),
+                "unknown field for an isolation_session provision",
+            ));
         }
     }
     if o.get("defaultPolicy") != Some(&Value::String("allow".into())) {
-        errs.push(Violation::new(path.key("defaultPolicy"), "must be \"allow\" (required acknowledgement)"));
+        errs.push(Violation::new(
+            path.key("defaultPolicy"),
+            "must be \"allow\" (required acknowledgement)",
+        ));
     }
     if o.get("allowLocalNetwork") != Some(&Value::Bool(true)) {
-        errs.push(Violation::new(path.key("allowLocalNetwork"), "must be true (required acknowledgement)"));
+        errs.push(Violation::new(
+            path.key("allowLocalNetwork"),
+            "must be true (required acknowledgement)",
+        ));
     }
 }
 
-fn check_contract_experimental(raw: &Value, root: RequestRoot, path: &JsonPath, errs: &mut Vec<Violation>) {
+fn check_contract_experimental(
+    raw: &Value,
+    root: RequestRoot,
+    path: &JsonPath,
+    errs: &mut Vec<Violation>,
+) {
     let Some(o) = raw.as_object() else {
         errs.push(Violation::new(path.clone(), "expected an object"));
         return;
@@ -455,7 +550,10 @@ fn check_contract_experimental(raw: &Value, root: RequestRoot, path: &JsonPath, 
     let nested: &[Level] = match root {
         RequestRoot::OneShot => &[
             ("test", &["message"]),
-            ("windows_sandbox", &["idleTimeoutMs", "idleTimeout", "daemonPipeName"]),
+            (
+                "windows_sandbox",
+                &["idleTimeoutMs", "idleTimeout", "daemonPipeName"],
+            ),
             (
                 "wslc",
                 &[
@@ -471,9 +569,10 @@ fn check_contract_experimental(raw: &Value, root: RequestRoot, path: &JsonPath, 
             ),
             ("telemetry", &["enabled"]),
         ],
-        RequestRoot::IsolationSessionProvision => {
-            &[("isolation_session", &["provision"]), ("telemetry", &["enabled"])]
-        }
+        RequestRoot::IsolationSessionProvision => &[
+            ("isolation_session", &["provision"]),
+            ("telemetry", &["enabled"]),
+        ],
         RequestRoot::WslcProvision => &[("wslc", &["provision"]), ("telemetry", &["enabled"])],
         _ => &[("telemetry", &["enabled"])],
     };
@@ -481,7 +580,10 @@ fn check_contract_experimental(raw: &Value, root: RequestRoot, path: &JsonPath, 
         if !top.contains(&k.as_str()) {
             errs.push(Violation::new(
                 path.key(k),
-                format!("unknown experimental feature for a {} request", root.as_str()),
+                format!(
+                    "unknown experimental feature for a {} request",
+                    root.as_str()
+                ),
             ));
             continue;
         }
@@ -489,7 +591,11 @@ fn check_contract_experimental(raw: &Value, root: RequestRoot, path: &JsonPath, 
             errs.push(Violation::new(path.key(k), "expected an object"));
             continue;
         };
-        let keys = nested.iter().find(|(n, _)| n == k).map(|(_, ks)| *ks).unwrap_or_default();
+        let keys = nested
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, ks)| *ks)
+            .unwrap_or_default();
         for ik in inner.keys() {
             if !keys.contains(&ik.as_str()) {
                 errs.push(Violation::new(path.key(k).key(ik), "unknown field"));
@@ -503,7 +609,10 @@ fn check_contract_experimental(raw: &Value, root: RequestRoot, path: &JsonPath, 
         if let Some(Value::Object(p)) = inner.get("provision") {
             for pk in p.keys() {
                 if !sub_closed.contains(&pk.as_str()) {
-                    errs.push(Violation::new(path.key(k).key("provision").key(pk), "unknown field"));
+                    errs.push(Violation::new(
+                        path.key(k).key("provision").key(pk),
+                        "unknown field",
+                    ));
                 }
             }
         }
@@ -519,17 +628,18 @@ fn check_contract_experimental(raw: &Value, root: RequestRoot, path: &JsonPath, 
                 for rk in ["windowsPort", "containerPort"] {
                     match m.get(rk).and_then(Value::as_u64) {
                         Some(1..=65535) => {}
-                        Some(_) => errs.push(Violation::new(mp.key(rk), "must be between 1 and 65535")),
+                        Some(_) => {
+                            errs.push(Violation::new(mp.key(rk), "must be between 1 and 65535"))
+                        }
                         None => errs.push(Violation::new(mp.key(rk), "missing required field")),
                     }
                 }
             }
         }
     }
-    if errs.is_empty() {
-        if let Err(e) = crate::document::typed_at::<Experimental>(raw.clone(), path) {
-            errs.extend(e.violations());
-        }
+    if errs.is_empty()
+        && let Err(e) = crate::document::typed_at::<Experimental>(raw.clone(), path)
+    {
+        errs.extend(e.violations());
     }
 }
-

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::error::{PolicyError, Violation};
 use crate::json::parse_strict;
-use crate::model::{Containment, ContainerConfig};
+use crate::model::{ContainerConfig, Containment};
 use crate::netspec::NetworkSpec;
 use crate::path::JsonPath;
 use crate::version::SchemaVersion;
@@ -37,7 +37,10 @@ pub struct ParseOptions {
 impl ParseOptions {
     /// The options of MXC's one-shot executor (`lxc-exec CONFIG`).
     pub fn executor() -> Self {
-        Self { require_command: true, ..Self::default() }
+        Self {
+            require_command: true,
+            ..Self::default()
+        }
     }
 }
 
@@ -95,7 +98,10 @@ pub struct Note {
 
 impl Note {
     pub fn new(path: JsonPath, message: impl Into<String>) -> Self {
-        Self { path: path.to_string(), message: message.into() }
+        Self {
+            path: path.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -127,7 +133,10 @@ pub fn parse_value(value: Value, opts: &ParseOptions) -> Result<Document, Policy
     if !value.is_object() {
         return Err(PolicyError::one(
             root,
-            format!("a policy must be a JSON object, found {}", shape::kind(&value)),
+            format!(
+                "a policy must be a JSON object, found {}",
+                shape::kind(&value)
+            ),
         ));
     }
     let mut errs = Vec::new();
@@ -144,7 +153,10 @@ pub fn parse_value(value: Value, opts: &ParseOptions) -> Result<Document, Policy
         DocumentKind::SandboxPolicy => {
             let cfg = sandbox_policy::to_container_config(&value)?;
             let raw = serde_json::to_value(&cfg).expect("model serializes");
-            let opts = ParseOptions { require_command: false, ..opts.clone() };
+            let opts = ParseOptions {
+                require_command: false,
+                ..opts.clone()
+            };
             validate::runtime(cfg, &raw, kind, &opts)?
         }
     };
@@ -201,10 +213,10 @@ pub fn detect_kind(v: &Value) -> DocumentKind {
     if wire_only.iter().any(|p| has(p)) || !has(&["version"]) {
         return DocumentKind::ContainerConfig;
     }
-    if let Some(pc) = v.get("processContainer").and_then(Value::as_object) {
-        if pc.keys().any(|k| k != "network") {
-            return DocumentKind::ContainerConfig;
-        }
+    if let Some(pc) = v.get("processContainer").and_then(Value::as_object)
+        && pc.keys().any(|k| k != "network")
+    {
+        return DocumentKind::ContainerConfig;
     }
     DocumentKind::SandboxPolicy
 }
@@ -220,12 +232,11 @@ pub fn typed_at<T: DeserializeOwned>(value: Value, base: &JsonPath) -> Result<T,
         };
         let message = tidy_serde_message(&e.inner().to_string());
         // Name the unknown key itself, not the object holding it.
-        if let Some(rest) = message.strip_prefix("unknown field `") {
-            if let Some(key) = rest.split('`').next() {
-                if path.last_key().as_deref() != Some(key) {
-                    path = path.key(key);
-                }
-            }
+        if let Some(rest) = message.strip_prefix("unknown field `")
+            && let Some(key) = rest.split('`').next()
+            && path.last_key().as_deref() != Some(key)
+        {
+            path = path.key(key);
         }
         PolicyError::Invalid(vec![Violation::new(path, message)])
     })
@@ -233,5 +244,6 @@ pub fn typed_at<T: DeserializeOwned>(value: Value, base: &JsonPath) -> Result<T,
 
 fn tidy_serde_message(m: &str) -> String {
     // serde's wording is fine, but its "unit variant" vocabulary is not the author's.
-    m.replace("variant", "value").replace("invalid type: null", "null is not allowed")
+    m.replace("variant", "value")
+        .replace("invalid type: null", "null is not allowed")
 }

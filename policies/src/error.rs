@@ -13,7 +13,10 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(path: JsonPath, message: impl Into<String>) -> Self {
-        Self { path, message: message.into() }
+        Self {
+            path,
+            message: message.into(),
+        }
     }
 }
 
@@ -28,7 +31,12 @@ impl fmt::Display for Violation {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error("{}: invalid JSON at line {line} column {column}: {message}", path)]
-    Syntax { path: JsonPath, message: String, line: usize, column: usize },
+    Syntax {
+        path: JsonPath,
+        message: String,
+        line: usize,
+        column: usize,
+    },
     #[error("{}", join(.0))]
     Invalid(Vec<Violation>),
 }
@@ -41,7 +49,12 @@ impl PolicyError {
     /// Every violation, with syntax errors as one violation at their path.
     pub fn violations(&self) -> Vec<Violation> {
         match self {
-            Self::Syntax { path, message, line, column } => vec![Violation::new(
+            Self::Syntax {
+                path,
+                message,
+                line,
+                column,
+            } => vec![Violation::new(
                 path.clone(),
                 format!("invalid JSON at line {line} column {column}: {message}"),
             )],
@@ -52,10 +65,18 @@ impl PolicyError {
 
 impl From<crate::json::SyntaxError> for PolicyError {
     fn from(e: crate::json::SyntaxError) -> Self {
-        Self::Syntax { path: e.path, message: e.message, line: e.line, column: e.column }
+        Self::Syntax {
+            path: e.path,
+            message: e.message,
+            line: e.line,
+            column: e.column,
+        }
     }
 }
 
 fn join(v: &[Violation]) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

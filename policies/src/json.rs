@@ -23,9 +23,12 @@ pub struct SyntaxError {
 pub fn parse_strict(text: &str) -> Result<Value, SyntaxError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let mut dup: Option<JsonPath> = None;
-    let value = StrictSeed { path: JsonPath::root(), dup: &mut dup }
-        .deserialize(&mut de)
-        .map_err(|e| syntax(e, dup.clone()))?;
+    let value = StrictSeed {
+        path: JsonPath::root(),
+        dup: &mut dup,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| syntax(e, dup.clone()))?;
     de.end().map_err(|e| syntax(e, None))?;
     Ok(value)
 }
@@ -51,7 +54,12 @@ fn syntax(e: serde_json::Error, dup: Option<JsonPath>) -> SyntaxError {
                 }
                 _ => message,
             };
-            SyntaxError { path: JsonPath::root(), message, line, column }
+            SyntaxError {
+                path: JsonPath::root(),
+                message,
+                line,
+                column,
+            }
         }
     }
 }
@@ -102,9 +110,10 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) =
-            seq.next_element_seed(StrictSeed { path: self.path.index(out.len()), dup: self.dup })?
-        {
+        while let Some(v) = seq.next_element_seed(StrictSeed {
+            path: self.path.index(out.len()),
+            dup: self.dup,
+        })? {
             out.push(v);
         }
         Ok(Value::Array(out))
@@ -117,7 +126,10 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
                 *self.dup = Some(path);
                 return Err(de::Error::custom("duplicate key"));
             }
-            let v = map.next_value_seed(StrictSeed { path, dup: self.dup })?;
+            let v = map.next_value_seed(StrictSeed {
+                path,
+                dup: self.dup,
+            })?;
             out.insert(key, v);
         }
         Ok(Value::Object(out))

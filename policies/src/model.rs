@@ -4,7 +4,6 @@
 //!
 //! Field spellings, aliases and enum values follow MXC exactly; see `../shared/mxc-conformance`.
 
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -33,11 +32,19 @@ pub struct ContainerConfig {
     pub network: Option<Network>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ui: Option<Ui>,
-    #[serde(default, alias = "appContainer", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "appContainer",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub process_container: Option<ProcessContainer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lxc: Option<Lxc>,
-    #[serde(default, alias = "macos_sandbox", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "macos_sandbox",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seatbelt: Option<Seatbelt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_config: Option<RuntimeConfig>,
@@ -403,7 +410,11 @@ pub struct Experimental {
     pub wslc: Option<Wslc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation_session: Option<IsolationSession>,
-    #[serde(default, alias = "macos_sandbox", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "macos_sandbox",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub seatbelt: Option<Seatbelt>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<Telemetry>,

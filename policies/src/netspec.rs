@@ -100,13 +100,21 @@ pub enum ProxyForm {
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ProxyEndpoint {
     BuiltinTestServer,
-    Host { scheme: String, host: String, port: u16 },
+    Host {
+        scheme: String,
+        host: String,
+        port: u16,
+    },
 }
 
 impl ProxyEndpoint {
     pub fn ip(&self) -> Option<IpAddr> {
         match self {
-            Self::Host { host, .. } => host.trim_start_matches('[').trim_end_matches(']').parse().ok(),
+            Self::Host { host, .. } => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok(),
             Self::BuiltinTestServer => None,
         }
     }
@@ -119,18 +127,28 @@ pub fn parse_cidr_strict(s: &str) -> Result<IpNet, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let ip: IpAddr = addr.parse().map_err(|_| format!("\"{addr}\" is not an IP address"))?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("\"{addr}\" is not an IP address"))?;
     let width = if ip.is_ipv4() { 32 } else { 128 };
     let len = match prefix {
         None => width,
-        Some(p) => p.parse::<u8>().map_err(|_| format!("\"{p}\" is not a prefix length"))?,
+        Some(p) => p
+            .parse::<u8>()
+            .map_err(|_| format!("\"{p}\" is not a prefix length"))?,
     };
     if len > width {
-        return Err(format!("prefix /{len} is too long for {} (maximum {width})", family(&ip)));
+        return Err(format!(
+            "prefix /{len} is too long for {} (maximum {width})",
+            family(&ip)
+        ));
     }
     let net = IpNet::new(ip, len).map_err(|e| e.to_string())?;
     if net.network() != ip {
-        return Err(format!("host part of {s} is not zero (the network is {})", net.trunc()));
+        return Err(format!(
+            "host part of {s} is not zero (the network is {})",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -140,30 +158,44 @@ pub fn parse_cidr_strict(s: &str) -> Result<IpNet, String> {
 pub fn parse_host_entry(raw: &str) -> HostEntry {
     let s = raw.trim();
     if s.is_empty() {
-        return HostEntry::Malformed { raw: raw.into(), reason: "empty address".into() };
+        return HostEntry::Malformed {
+            raw: raw.into(),
+            reason: "empty address".into(),
+        };
     }
     let (addr, prefix) = match s.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let Ok(ip) = addr.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+    let Ok(ip) = addr
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    else {
         if prefix.is_none() && is_hostname(s) {
             return HostEntry::Name(s.to_ascii_lowercase());
         }
-        return HostEntry::Malformed { raw: raw.into(), reason: "not an IP address, CIDR or host name".into() };
+        return HostEntry::Malformed {
+            raw: raw.into(),
+            reason: "not an IP address, CIDR or host name".into(),
+        };
     };
     let width: u8 = if ip.is_ipv4() { 32 } else { 128 };
     let len = match prefix {
         None => width,
-        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => match p.parse::<u8>() {
-            Ok(l) if l <= width => l,
-            _ => {
-                return HostEntry::Malformed {
-                    raw: raw.into(),
-                    reason: format!("CIDR prefix wider than the address family allows (maximum {width})"),
-                };
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            match p.parse::<u8>() {
+                Ok(l) if l <= width => l,
+                _ => {
+                    return HostEntry::Malformed {
+                        raw: raw.into(),
+                        reason: format!(
+                            "CIDR prefix wider than the address family allows (maximum {width})"
+                        ),
+                    };
+                }
             }
-        },
+        }
         Some(_) => {
             return HostEntry::Malformed {
                 raw: raw.into(),
@@ -172,12 +204,15 @@ pub fn parse_host_entry(raw: &str) -> HostEntry {
         }
     };
     // IPv4-mapped IPv6 (::ffff:a.b.c.d/96+n) names an IPv4 destination.
-    if let IpAddr::V6(v6) = ip {
-        if let Some(v4) = v6.to_ipv4_mapped() {
-            if len >= 96 {
-                return HostEntry::Net(IpNet::new(IpAddr::V4(v4), len - 96).expect("len-96 <= 32").trunc());
-            }
-        }
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+        && len >= 96
+    {
+        return HostEntry::Net(
+            IpNet::new(IpAddr::V4(v4), len - 96)
+                .expect("len-96 <= 32")
+                .trunc(),
+        );
     }
     HostEntry::Net(IpNet::new(ip, len).expect("checked prefix").trunc())
 }
@@ -187,7 +222,8 @@ fn is_hostname(s: &str) -> bool {
         && s.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         })
@@ -208,10 +244,18 @@ pub fn parse_proxy_url(raw: &str) -> Result<ProxySpec, String> {
     let u = url::Url::parse(raw).map_err(|e| format!("is invalid: {e}"))?;
     let scheme = u.scheme().to_owned();
     if scheme != "http" && scheme != "https" {
-        return Err(format!("must use the 'http' or 'https' scheme (got '{scheme}')"));
+        return Err(format!(
+            "must use the 'http' or 'https' scheme (got '{scheme}')"
+        ));
     }
-    let host = u.host_str().filter(|h| !h.is_empty()).ok_or("must include a host")?.to_owned();
-    let port = u.port().ok_or("must include a port (e.g. http://localhost:8080)")?;
+    let host = u
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or("must include a host")?
+        .to_owned();
+    let port = u
+        .port()
+        .ok_or("must include a port (e.g. http://localhost:8080)")?;
     let has_credentials = !u.username().is_empty() || u.password().is_some();
     Ok(ProxySpec {
         form: ProxyForm::Url,
@@ -239,35 +283,89 @@ mod tests {
 
     #[test]
     fn strict_cidr_matches_mxc() {
-        assert_eq!(parse_cidr_strict("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
+        assert_eq!(
+            parse_cidr_strict("10.0.0.1").unwrap().to_string(),
+            "10.0.0.1/32"
+        );
         assert_eq!(parse_cidr_strict("::1").unwrap().to_string(), "::1/128");
         assert!(parse_cidr_strict("10.0.0.0/08").is_ok());
         assert!(parse_cidr_strict("10.0.0.0/+8").is_ok());
         assert!(parse_cidr_strict("0.0.0.0/0").is_ok());
-        for bad in ["10.0.0.1/24", "2001:db8::1/32", "10.0.0.0/33", "10/8", "010.0.0.0/8", "host", "/8", "10.0.0.0/", "10.0.0.0/-1", "10.0.0.0/8/8", " 10.0.0.0/8", "fe80::1%eth0"] {
+        for bad in [
+            "10.0.0.1/24",
+            "2001:db8::1/32",
+            "10.0.0.0/33",
+            "10/8",
+            "010.0.0.0/8",
+            "host",
+            "/8",
+            "10.0.0.0/",
+            "10.0.0.0/-1",
+            "10.0.0.0/8/8",
+            " 10.0.0.0/8",
+            "fe80::1%eth0",
+        ] {
             assert!(parse_cidr_strict(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn host_entries_like_the_linux_backends() {
-        assert_eq!(parse_host_entry(" 140.82.112.5/20 "), HostEntry::Net("140.82.112.0/20".parse().unwrap()));
-        assert_eq!(parse_host_entry("::ffff:1.2.3.4"), HostEntry::Net("1.2.3.4/32".parse().unwrap()));
-        assert_eq!(parse_host_entry("API.github.com"), HostEntry::Name("api.github.com".into()));
-        assert!(matches!(parse_host_entry("10.0.0.0/33"), HostEntry::Malformed { .. }));
-        assert!(matches!(parse_host_entry("10.0.0.0/x"), HostEntry::Malformed { .. }));
+        assert_eq!(
+            parse_host_entry(" 140.82.112.5/20 "),
+            HostEntry::Net("140.82.112.0/20".parse().unwrap())
+        );
+        assert_eq!(
+            parse_host_entry("::ffff:1.2.3.4"),
+            HostEntry::Net("1.2.3.4/32".parse().unwrap())
+        );
+        assert_eq!(
+            parse_host_entry("API.github.com"),
+            HostEntry::Name("api.github.com".into())
+        );
+        assert!(matches!(
+            parse_host_entry("10.0.0.0/33"),
+            HostEntry::Malformed { .. }
+        ));
+        assert!(matches!(
+            parse_host_entry("10.0.0.0/x"),
+            HostEntry::Malformed { .. }
+        ));
         assert!(matches!(parse_host_entry(""), HostEntry::Malformed { .. }));
     }
 
     #[test]
     fn proxy_urls() {
         let p = parse_proxy_url("http://127.0.0.1:8080").unwrap();
-        assert_eq!(p.endpoint, ProxyEndpoint::Host { scheme: "http".into(), host: "127.0.0.1".into(), port: 8080 });
-        assert!(parse_proxy_url("http://127.0.0.1:80").unwrap_err().contains("port"));
-        assert!(parse_proxy_url("https://x:443").unwrap_err().contains("port"));
-        assert!(parse_proxy_url("socks5://x:1080").unwrap_err().contains("scheme"));
+        assert_eq!(
+            p.endpoint,
+            ProxyEndpoint::Host {
+                scheme: "http".into(),
+                host: "127.0.0.1".into(),
+                port: 8080
+            }
+        );
+        assert!(
+            parse_proxy_url("http://127.0.0.1:80")
+                .unwrap_err()
+                .contains("port")
+        );
+        assert!(
+            parse_proxy_url("https://x:443")
+                .unwrap_err()
+                .contains("port")
+        );
+        assert!(
+            parse_proxy_url("socks5://x:1080")
+                .unwrap_err()
+                .contains("scheme")
+        );
         assert!(parse_proxy_url("http://{{PROXY_HOST}}:{{PROXY_PORT}}").is_err());
-        assert!(parse_proxy_url("http://u:p@h:3128").unwrap().has_credentials);
+        assert!(
+            parse_proxy_url("http://u:p@h:3128")
+                .unwrap()
+                .has_credentials
+        );
         assert!(is_canonical_loopback("[::1]") && is_canonical_loopback("LOCALHOST"));
         assert!(!is_canonical_loopback("127.0.0.2") && is_loopback_host("127.0.0.2"));
     }
@@ -279,7 +377,9 @@ pub fn subtract(net: IpNet, except: &[IpNet]) -> Vec<IpNet> {
     let mut out = Vec::new();
     let mut stack = vec![net];
     while let Some(block) = stack.pop() {
-        let same_family = except.iter().filter(|e| e.addr().is_ipv4() == block.addr().is_ipv4());
+        let same_family = except
+            .iter()
+            .filter(|e| e.addr().is_ipv4() == block.addr().is_ipv4());
         let mut overlapping = false;
         let mut covered = false;
         for e in same_family {
@@ -298,9 +398,8 @@ pub fn subtract(net: IpNet, except: &[IpNet]) -> Vec<IpNet> {
             out.push(block);
             continue;
         }
-        match block.subnets(block.prefix_len() + 1) {
-            Ok(halves) => stack.extend(halves.collect::<Vec<_>>().into_iter().rev()),
-            Err(_) => {}
+        if let Ok(halves) = block.subnets(block.prefix_len() + 1) {
+            stack.extend(halves.collect::<Vec<_>>().into_iter().rev())
         }
     }
     out.sort();
@@ -329,7 +428,10 @@ mod subtract_tests {
         assert!(r.iter().any(|b| b.contains(&n("1.1.0.255/32"))));
         assert!(r.iter().any(|b| b.contains(&n("1.1.2.0/32"))));
         assert_eq!(subtract(n("10.0.0.0/8"), &[n("10.0.0.0/8")]), vec![]);
-        assert_eq!(subtract(n("10.0.0.0/8"), &[n("::/0")]), vec![n("10.0.0.0/8")]);
+        assert_eq!(
+            subtract(n("10.0.0.0/8"), &[n("::/0")]),
+            vec![n("10.0.0.0/8")]
+        );
         assert_eq!(subtract(n("10.0.0.0/8"), &[]), vec![n("10.0.0.0/8")]);
     }
 

@@ -80,7 +80,9 @@ impl fmt::Display for JsonPath {
 }
 
 fn plain(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$' || c == '-')
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$' || c == '-')
 }
 
 #[cfg(test)]
@@ -89,7 +91,13 @@ mod tests {
 
     #[test]
     fn display_and_parse_round_trip() {
-        let p = JsonPath::root().key("network").key("egress").key("allow").index(0).key("to").index(1);
+        let p = JsonPath::root()
+            .key("network")
+            .key("egress")
+            .key("allow")
+            .index(0)
+            .key("to")
+            .index(1);
         assert_eq!(p.to_string(), "network.egress.allow[0].to[1]");
         assert_eq!(JsonPath::parse(&p.to_string()), p);
         assert_eq!(JsonPath::root().key("a b").to_string(), "[\"a b\"]");

@@ -7,7 +7,11 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
         "Workspace read-write, .git read-only, .env/.ssh denied; egress only to TCP 443 on listed CIDRs.",
         include_str!("../presets/coding-agent.json"),
     ),
-    ("offline", "No network at all; workspace read-write, nothing else writable.", include_str!("../presets/offline.json")),
+    (
+        "offline",
+        "No network at all; workspace read-write, nothing else writable.",
+        include_str!("../presets/offline.json"),
+    ),
     (
         "ml-toolchain",
         "Toolchains read-only, data dir read-write, GPU device paths allowed (Linux and WSL2); no network.",
@@ -21,5 +25,8 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
 ];
 
 pub fn get(name: &str) -> Option<&'static str> {
-    PRESETS.iter().find(|(n, _, _)| *n == name).map(|(_, _, d)| *d)
+    PRESETS
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, _, d)| *d)
 }

@@ -94,9 +94,14 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
     let p: SandboxPolicy = crate::document::typed_at(value.clone(), &root)?;
     let version = match p.version.as_deref() {
         None | Some("") => {
-            return Err(PolicyError::one(root.key("version"), "a SandboxPolicy requires a version"));
+            return Err(PolicyError::one(
+                root.key("version"),
+                "a SandboxPolicy requires a version",
+            ));
         }
-        Some(v) => SchemaVersion::parse(Some(v)).map_err(|m| PolicyError::one(root.key("version"), m))?,
+        Some(v) => {
+            SchemaVersion::parse(Some(v)).map_err(|m| PolicyError::one(root.key("version"), m))?
+        }
     };
     let net = p.network.clone().unwrap_or_default();
     let has_legacy = net.allow_outbound.is_some()
@@ -104,8 +109,15 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
         || net.allowed_hosts.is_some()
         || net.blocked_hosts.is_some()
         || net.proxy.is_some();
-    let peer = p.process_container.as_ref().and_then(|c| c.network.as_ref()).and_then(|n| n.allowed_proxy_peer.clone());
-    let runtime_proxy = p.runtime_config.as_ref().and_then(|r| r.network_proxy.clone());
+    let peer = p
+        .process_container
+        .as_ref()
+        .and_then(|c| c.network.as_ref())
+        .and_then(|n| n.allowed_proxy_peer.clone());
+    let runtime_proxy = p
+        .runtime_config
+        .as_ref()
+        .and_then(|r| r.network_proxy.clone());
     let has_directional =
         net.egress.is_some() || net.ingress.is_some() || runtime_proxy.is_some() || peer.is_some();
     if has_legacy && has_directional {
@@ -118,7 +130,9 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
     if has_directional && !version.supports_directional() {
         return Err(PolicyError::one(
             root.key("network"),
-            format!("schema {version} does not support network.egress, network.ingress, runtimeConfig or processContainer.network; use 0.8.0-alpha or later"),
+            format!(
+                "schema {version} does not support network.egress, network.ingress, runtimeConfig or processContainer.network; use 0.8.0-alpha or later"
+            ),
         ));
     }
     let directional = has_directional || (version.supports_directional() && !has_legacy);
@@ -132,7 +146,10 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
             destroy_on_exit: Some(true),
             preserve_policy: Some(!fs.clear_policy_on_exit.unwrap_or(true)),
         }),
-        process: Some(Process { timeout: Some(p.timeout_ms.unwrap_or(0)), ..Process::default() }),
+        process: Some(Process {
+            timeout: Some(p.timeout_ms.unwrap_or(0)),
+            ..Process::default()
+        }),
         filesystem: Some(Filesystem {
             readwrite_paths: Some(fs.readwrite_paths.unwrap_or_default()),
             readonly_paths: Some(fs.readonly_paths.unwrap_or_default()),
@@ -147,14 +164,22 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
     };
     if directional {
         if net.egress.is_some() || net.ingress.is_some() {
-            cfg.network = Some(Network { egress: net.egress, ingress: net.ingress, ..Network::default() });
+            cfg.network = Some(Network {
+                egress: net.egress,
+                ingress: net.ingress,
+                ..Network::default()
+            });
         }
         if runtime_proxy.is_some() {
-            cfg.runtime_config = Some(RuntimeConfig { network_proxy: runtime_proxy });
+            cfg.runtime_config = Some(RuntimeConfig {
+                network_proxy: runtime_proxy,
+            });
         }
         if peer.is_some() {
             cfg.process_container = Some(ProcessContainer {
-                network: Some(ProcessContainerNetwork { allowed_proxy_peer: peer }),
+                network: Some(ProcessContainerNetwork {
+                    allowed_proxy_peer: peer,
+                }),
                 ..ProcessContainer::default()
             });
         }
@@ -164,7 +189,11 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
         // On Linux the SDK asks for firewall enforcement when host lists are given (no proxy).
         let enforcement_mode = (lists && net.proxy.is_none()).then_some(EnforcementMode::Firewall);
         cfg.network = Some(Network {
-            default_policy: Some(if net.allow_outbound == Some(true) { DefaultPolicy::Allow } else { DefaultPolicy::Block }),
+            default_policy: Some(if net.allow_outbound == Some(true) {
+                DefaultPolicy::Allow
+            } else {
+                DefaultPolicy::Block
+            }),
             enforcement_mode,
             allow_local_network: net.allow_local_network,
             allowed_hosts: net.allowed_hosts,
@@ -173,7 +202,10 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
             ..Network::default()
         });
     } else {
-        cfg.network = Some(Network { default_policy: Some(DefaultPolicy::Block), ..Network::default() });
+        cfg.network = Some(Network {
+            default_policy: Some(DefaultPolicy::Block),
+            ..Network::default()
+        });
     }
     Ok(cfg)
 }

@@ -25,8 +25,15 @@ const LIST_KEYS: &[&str] = &[
 ];
 
 /// Experimental keys MXC knows; the rest of `experimental` is opaque at run time.
-const KNOWN_EXPERIMENTAL: &[&str] =
-    &["test", "windows_sandbox", "wslc", "isolation_session", "seatbelt", "macos_sandbox", "telemetry"];
+const KNOWN_EXPERIMENTAL: &[&str] = &[
+    "test",
+    "windows_sandbox",
+    "wslc",
+    "isolation_session",
+    "seatbelt",
+    "macos_sandbox",
+    "telemetry",
+];
 
 pub fn kind(v: &Value) -> &'static str {
     match v {
@@ -42,7 +49,10 @@ pub fn kind(v: &Value) -> &'static str {
 /// The published contracts refuse an explicit `null` for every field except `_comment`.
 pub fn check_no_null_outside_comment(v: &Value, path: &JsonPath, errs: &mut Vec<Violation>) {
     match v {
-        Value::Null => errs.push(Violation::new(path.clone(), "null is not allowed; omit the field")),
+        Value::Null => errs.push(Violation::new(
+            path.clone(),
+            "null is not allowed; omit the field",
+        )),
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
                 check_no_null_outside_comment(x, &path.index(i), errs);
@@ -68,7 +78,10 @@ pub fn check_objects_not_arrays(v: &Value, path: &JsonPath, errs: &mut Vec<Viola
 fn walk(v: &Value, path: &JsonPath, is_list: bool, errs: &mut Vec<Violation>) {
     match v {
         Value::Array(_) if !is_list => {
-            errs.push(Violation::new(path.clone(), "expected an object, found an array"));
+            errs.push(Violation::new(
+                path.clone(),
+                "expected an object, found an array",
+            ));
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
@@ -76,7 +89,8 @@ fn walk(v: &Value, path: &JsonPath, is_list: bool, errs: &mut Vec<Violation>) {
             }
         }
         Value::Object(o) => {
-            let in_experimental = path.last_key().as_deref() == Some("experimental") && path.depth() == 1;
+            let in_experimental =
+                path.last_key().as_deref() == Some("experimental") && path.depth() == 1;
             for (k, x) in o {
                 if path.is_root() && k == "_comment" {
                     continue;

@@ -21,9 +21,8 @@ impl SchemaVersion {
             None | Some("") => return Ok(Self::Legacy),
             Some(r) => r,
         };
-        let v = semver::Version::parse(raw).map_err(|_| {
-            format!("\"{raw}\" is not semver (e.g. \"0.8.0-alpha\" or \"0.8.0\")")
-        })?;
+        let v = semver::Version::parse(raw)
+            .map_err(|_| format!("\"{raw}\" is not semver (e.g. \"0.8.0-alpha\" or \"0.8.0\")"))?;
         let mm = (v.major, v.minor);
         if mm < MIN {
             return Err(format!(
@@ -35,7 +34,11 @@ impl SchemaVersion {
                 "schema version \"{raw}\" is newer than supported (0.6 to 0.9); upgrade agentcell"
             ));
         }
-        Ok(Self::Semver { major: v.major, minor: v.minor, raw: raw.to_owned() })
+        Ok(Self::Semver {
+            major: v.major,
+            minor: v.minor,
+            raw: raw.to_owned(),
+        })
     }
 
     /// Whether schema-0.8 features (directional network, `runtimeConfig`) are available.
@@ -62,7 +65,14 @@ mod tests {
 
     #[test]
     fn accepts_the_runtime_range() {
-        for ok in ["0.6.0-alpha", "0.7.0", "0.8.0-alpha.1", "0.8.0+build", "0.9.0-dev", "0.9.99"] {
+        for ok in [
+            "0.6.0-alpha",
+            "0.7.0",
+            "0.8.0-alpha.1",
+            "0.8.0+build",
+            "0.9.0-dev",
+            "0.9.99",
+        ] {
             assert!(SchemaVersion::parse(Some(ok)).is_ok(), "{ok}");
         }
         assert_eq!(SchemaVersion::parse(None), Ok(SchemaVersion::Legacy));
@@ -71,17 +81,41 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_and_non_semver() {
-        for bad in ["0.8", "v0.8.0", " 0.8.0", "0.5.9", "0.3.0-alpha", "0.10.0", "1.0.0"] {
+        for bad in [
+            "0.8",
+            "v0.8.0",
+            " 0.8.0",
+            "0.5.9",
+            "0.3.0-alpha",
+            "0.10.0",
+            "1.0.0",
+        ] {
             assert!(SchemaVersion::parse(Some(bad)).is_err(), "{bad}");
         }
-        assert!(SchemaVersion::parse(Some("0.5.0")).unwrap_err().contains("older"));
-        assert!(SchemaVersion::parse(Some("1.0.0")).unwrap_err().contains("newer"));
+        assert!(
+            SchemaVersion::parse(Some("0.5.0"))
+                .unwrap_err()
+                .contains("older")
+        );
+        assert!(
+            SchemaVersion::parse(Some("1.0.0"))
+                .unwrap_err()
+                .contains("newer")
+        );
     }
 
     #[test]
     fn directional_from_0_8() {
-        assert!(!SchemaVersion::parse(Some("0.7.9")).unwrap().supports_directional());
-        assert!(SchemaVersion::parse(Some("0.8.0-alpha")).unwrap().supports_directional());
+        assert!(
+            !SchemaVersion::parse(Some("0.7.9"))
+                .unwrap()
+                .supports_directional()
+        );
+        assert!(
+            SchemaVersion::parse(Some("0.8.0-alpha"))
+                .unwrap()
+                .supports_directional()
+        );
         assert!(!SchemaVersion::Legacy.supports_directional());
     }
 }

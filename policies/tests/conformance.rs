@@ -9,10 +9,16 @@ use agentcell_policy::plan::{CompileOptions, Host, compile};
 use agentcell_policy::{ParseOptions, parse_with};
 
 fn conformance_dir() -> PathBuf {
-    let dir = std::env::var_os("AGENTCELL_MXC_CONFORMANCE").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/mxc-conformance")
-    });
-    assert!(dir.join("README.md").is_file(), "MXC conformance data not found at {}", dir.display());
+    let dir = std::env::var_os("AGENTCELL_MXC_CONFORMANCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/mxc-conformance")
+        });
+    assert!(
+        dir.join("README.md").is_file(),
+        "MXC conformance data not found at {}",
+        dir.display()
+    );
     dir
 }
 
@@ -35,7 +41,10 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
 
 /// MXC's executor as its Linux test scripts run it (`--allow-testing-features`).
 fn executor() -> ParseOptions {
-    ParseOptions { allow_testing_features: true, ..ParseOptions::executor() }
+    ParseOptions {
+        allow_testing_features: true,
+        ..ParseOptions::executor()
+    }
 }
 
 fn root_for(path: &Path) -> RequestRoot {
@@ -46,8 +55,14 @@ fn root_for(path: &Path) -> RequestRoot {
         ("/exec/", RequestRoot::Exec),
         ("/stop/", RequestRoot::Stop),
         ("/deprovision/", RequestRoot::Deprovision),
-        ("/windows_sandbox_provision/", RequestRoot::WindowsSandboxProvision),
-        ("/isolation_session_provision/", RequestRoot::IsolationSessionProvision),
+        (
+            "/windows_sandbox_provision/",
+            RequestRoot::WindowsSandboxProvision,
+        ),
+        (
+            "/isolation_session_provision/",
+            RequestRoot::IsolationSessionProvision,
+        ),
         ("/wslc_provision/", RequestRoot::WslcProvision),
     ] {
         if s.contains(dir) {
@@ -59,18 +74,54 @@ fn root_for(path: &Path) -> RequestRoot {
 
 /// Contract fixtures that MXC's runtime (one-shot, Linux) reads differently, with the reason.
 const RUNTIME_DIFFERS: &[(&str, &str)] = &[
-    ("/start/valid/", "state-aware request: MXC's Linux executor runs one-shot requests only"),
-    ("/exec/valid/", "state-aware request: MXC's Linux executor runs one-shot requests only"),
-    ("/stop/valid/", "state-aware request: MXC's Linux executor runs one-shot requests only"),
-    ("/deprovision/valid/", "state-aware request: MXC's Linux executor runs one-shot requests only"),
-    ("_provision/valid/", "state-aware request: MXC's Linux executor runs one-shot requests only"),
-    ("network_directional.json", "structural only: a runtime proxy with direct egress rules is refused when run"),
-    ("app_container_alias.json", "structural only: on Linux `process` resolves to bubblewrap, which allows no processContainer section"),
-    ("empty_optional_objects.json", "structural only: a processContainer section under the bubblewrap containment"),
-    ("v0_6_0_alpha/fixtures/invalid/experimental.json", "MXC's runtime keeps `experimental` open in every version; only the 0.6 contract closes it"),
-    ("v0_7_0_alpha/fixtures/invalid/experimental.json", "MXC's runtime keeps `experimental` open in every version; only the 0.7 contract closes it"),
-    ("proxy_localhost.json", "structural only: an external proxy with the default block policy is refused by the bubblewrap backend"),
-    ("proxy_url.json", "structural only: an external proxy with the default block policy is refused by the bubblewrap backend"),
+    (
+        "/start/valid/",
+        "state-aware request: MXC's Linux executor runs one-shot requests only",
+    ),
+    (
+        "/exec/valid/",
+        "state-aware request: MXC's Linux executor runs one-shot requests only",
+    ),
+    (
+        "/stop/valid/",
+        "state-aware request: MXC's Linux executor runs one-shot requests only",
+    ),
+    (
+        "/deprovision/valid/",
+        "state-aware request: MXC's Linux executor runs one-shot requests only",
+    ),
+    (
+        "_provision/valid/",
+        "state-aware request: MXC's Linux executor runs one-shot requests only",
+    ),
+    (
+        "network_directional.json",
+        "structural only: a runtime proxy with direct egress rules is refused when run",
+    ),
+    (
+        "app_container_alias.json",
+        "structural only: on Linux `process` resolves to bubblewrap, which allows no processContainer section",
+    ),
+    (
+        "empty_optional_objects.json",
+        "structural only: a processContainer section under the bubblewrap containment",
+    ),
+    (
+        "v0_6_0_alpha/fixtures/invalid/experimental.json",
+        "MXC's runtime keeps `experimental` open in every version; only the 0.6 contract closes it",
+    ),
+    (
+        "v0_7_0_alpha/fixtures/invalid/experimental.json",
+        "MXC's runtime keeps `experimental` open in every version; only the 0.7 contract closes it",
+    ),
+    (
+        "proxy_localhost.json",
+        "structural only: an external proxy with the default block policy is refused by the bubblewrap backend",
+    ),
+    (
+        "proxy_url.json",
+        "structural only: an external proxy with the default block policy is refused by the bubblewrap backend",
+    ),
 ];
 
 fn runtime_difference(path: &Path) -> Option<(&'static str, &'static str)> {
@@ -82,7 +133,11 @@ fn runtime_difference(path: &Path) -> Option<(&'static str, &'static str)> {
 fn contract_fixtures_get_mxcs_verdicts() {
     let dir = conformance_dir().join("contract");
     let files = json_files(&dir);
-    assert!(files.len() >= 70, "expected MXC's 71 contract fixtures, found {}", files.len());
+    assert!(
+        files.len() >= 70,
+        "expected MXC's 71 contract fixtures, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     let mut runtime_report = Vec::new();
     let mut used = std::collections::BTreeSet::new();
@@ -90,10 +145,17 @@ fn contract_fixtures_get_mxcs_verdicts() {
         let text = fs::read_to_string(f).unwrap();
         let rel = f.strip_prefix(&dir).unwrap().display().to_string();
         let want_valid = rel.contains("/valid/");
-        assert!(want_valid || rel.contains("/invalid/"), "{rel}: neither valid/ nor invalid/");
+        assert!(
+            want_valid || rel.contains("/invalid/"),
+            "{rel}: neither valid/ nor invalid/"
+        );
         let got = contract::check_as(&text, root_for(f));
         if got.is_ok() != want_valid {
-            failures.push(format!("{rel}: contract verdict {:?}, expected {}", got.err(), if want_valid { "valid" } else { "invalid" }));
+            failures.push(format!(
+                "{rel}: contract verdict {:?}, expected {}",
+                got.err(),
+                if want_valid { "valid" } else { "invalid" }
+            ));
         }
         // The runtime reader must agree, except where MXC's own runtime differs (listed).
         let rt = parse_with(&text, &executor());
@@ -101,18 +163,29 @@ fn contract_fixtures_get_mxcs_verdicts() {
             match runtime_difference(f) {
                 Some((key, why)) => {
                     used.insert(key);
-                    runtime_report.push(format!("{rel}: runtime {} ({why})", if rt.is_ok() { "accepts" } else { "refuses" }));
+                    runtime_report.push(format!(
+                        "{rel}: runtime {} ({why})",
+                        if rt.is_ok() { "accepts" } else { "refuses" }
+                    ));
                 }
-                None => failures.push(format!("{rel}: runtime verdict {:?} differs from the contract, unlisted", rt.err().map(|e| e.to_string()))),
+                None => failures.push(format!(
+                    "{rel}: runtime verdict {:?} differs from the contract, unlisted",
+                    rt.err().map(|e| e.to_string())
+                )),
             }
         }
     }
     for (key, _) in RUNTIME_DIFFERS {
         if !used.contains(key) {
-            failures.push(format!("RUNTIME_DIFFERS entry {key:?} matches no fixture that differs: remove it"));
+            failures.push(format!(
+                "RUNTIME_DIFFERS entry {key:?} matches no fixture that differs: remove it"
+            ));
         }
     }
-    eprintln!("contract fixtures where MXC's runtime differs:\n  {}", runtime_report.join("\n  "));
+    eprintln!(
+        "contract fixtures where MXC's runtime differs:\n  {}",
+        runtime_report.join("\n  ")
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -131,7 +204,13 @@ fn expects_refusal(name: &str, text: &str) -> bool {
     name.contains("_rejected")
         || name.ends_with("_unsupported.json")
         || name.starts_with("rejected_")
-        || ["this-should-never-run", "SHOULD_NOT_RUN", "THIS_MUST_NEVER_RUN"].iter().any(|s| text.contains(s))
+        || [
+            "this-should-never-run",
+            "SHOULD_NOT_RUN",
+            "THIS_MUST_NEVER_RUN",
+        ]
+        .iter()
+        .any(|s| text.contains(s))
 }
 
 /// Accepted by MXC's parser, but agentcell refuses to run it on Linux (compile), with the reason.
@@ -140,7 +219,9 @@ fn not_runnable_reason(name: &str, text: &str) -> Option<&'static str> {
         return Some("uses MXC's built-in test proxy, which agentcell does not ship");
     }
     if name.starts_with("hyperlight_") || name.starts_with("microvm_") {
-        return Some("MXC micro-VM backend (agentcell's own micro-VM tier is selected by isolation, not containment)");
+        return Some(
+            "MXC micro-VM backend (agentcell's own micro-VM tier is selected by isolation, not containment)",
+        );
     }
     None
 }
@@ -163,11 +244,18 @@ fn configs_and_examples_get_the_verdicts_their_names_imply() {
                 // way; the contract reader still holds them to the 0.8 state-aware roots.
                 match &parsed {
                     Err(e) if e.to_string().contains("state-aware") => {}
-                    other => failures.push(format!("{sub}/{name}: state-aware document, got {other:?}")),
+                    other => {
+                        failures.push(format!("{sub}/{name}: state-aware document, got {other:?}"))
+                    }
                 }
                 let contract = contract::check(&text);
-                if contract.is_ok() == expects_refusal(&name, &text) && !name.contains("provision_rejected") {
-                    failures.push(format!("{sub}/{name}: contract verdict {:?}", contract.err().map(|e| e.to_string())));
+                if contract.is_ok() == expects_refusal(&name, &text)
+                    && !name.contains("provision_rejected")
+                {
+                    failures.push(format!(
+                        "{sub}/{name}: contract verdict {:?}",
+                        contract.err().map(|e| e.to_string())
+                    ));
                 }
                 listed.push(format!("{sub}/{name}: state-aware (Windows lifecycle); refused by one-shot executors, MXC's lxc-exec included"));
                 continue;
@@ -175,7 +263,9 @@ fn configs_and_examples_get_the_verdicts_their_names_imply() {
             if expects_refusal(&name, &text) {
                 let refused_at = match &parsed {
                     Err(e) => Some(format!("parse: {e}")),
-                    Ok(doc) => compile(doc, &Host::reference(), &CompileOptions::default()).err().map(|e| format!("compile: {e}")),
+                    Ok(doc) => compile(doc, &Host::reference(), &CompileOptions::default())
+                        .err()
+                        .map(|e| format!("compile: {e}")),
                 };
                 match refused_at {
                     None => failures.push(format!("{sub}/{name}: expected a refusal, accepted")),
@@ -193,12 +283,18 @@ fn configs_and_examples_get_the_verdicts_their_names_imply() {
                     continue;
                 }
             };
-            let linux = matches!(doc.backend, agentcell_policy::document::Backend::Bubblewrap | agentcell_policy::document::Backend::Lxc);
+            let linux = matches!(
+                doc.backend,
+                agentcell_policy::document::Backend::Bubblewrap
+                    | agentcell_policy::document::Backend::Lxc
+            );
             if linux {
                 let compiled = compile(&doc, &Host::reference(), &CompileOptions::default());
                 match (compiled, not_runnable_reason(&name, &text)) {
                     (Ok(_), None) | (Err(_), Some(_)) => {}
-                    (Ok(_), Some(why)) => failures.push(format!("{sub}/{name}: expected compile refusal ({why})")),
+                    (Ok(_), Some(why)) => {
+                        failures.push(format!("{sub}/{name}: expected compile refusal ({why})"))
+                    }
                     (Err(e), None) => {
                         if e.to_string().contains("absolute path") {
                             listed.push(format!("{sub}/{name}: parser accepts; compile refuses a non-absolute path ({e})"));
@@ -211,16 +307,29 @@ fn configs_and_examples_get_the_verdicts_their_names_imply() {
         }
     }
     eprintln!("listed:\n  {}", listed.join("\n  "));
-    assert!(checked > 190, "expected MXC's configs and examples, found {checked}");
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        checked > 190,
+        "expected MXC's configs and examples, found {checked}"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn every_preset_is_valid_and_fully_enforceable_on_a_reference_host() {
     for (name, _, text) in agentcell_policy::presets::PRESETS {
-        let doc = parse_with(text, &ParseOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        compile(&doc, &Host::reference(), &CompileOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let on_disk = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.json"))).unwrap();
+        let doc =
+            parse_with(text, &ParseOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        compile(&doc, &Host::reference(), &CompileOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let on_disk = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.json")),
+        )
+        .unwrap();
         assert_eq!(&on_disk, text);
     }
 }

@@ -39,7 +39,11 @@ pub fn nftables_available() -> bool {
     const NLMSG_ERROR: u16 = 2;
     // SAFETY: plain socket calls on a descriptor we own; buffers are local and sized.
     unsafe {
-        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER);
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            NETLINK_NETFILTER,
+        );
         if fd < 0 {
             return false;
         }
@@ -51,9 +55,22 @@ pub fn nftables_available() -> bool {
         // nfgenmsg: family AF_UNSPEC, version 0, res_id 0.
         let sent = libc::send(fd, req.as_ptr().cast(), req.len(), 0);
         let mut buf = [0u8; 512];
-        let tv = libc::timeval { tv_sec: 1, tv_usec: 0 };
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32);
-        let n = if sent == 20 { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) } else { -1 };
+        let tv = libc::timeval {
+            tv_sec: 1,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        let n = if sent == 20 {
+            libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0)
+        } else {
+            -1
+        };
         libc::close(fd);
         if n < 16 {
             return false;
@@ -73,7 +90,9 @@ pub fn ipv6_available() -> bool {
 }
 
 pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// The description of this host the planner uses.

@@ -14,7 +14,12 @@ use clap::{Parser, Subcommand};
 /// enforcement plan: mounts, Landlock, seccomp, and an nftables fence in a private network
 /// namespace.
 #[derive(Debug, Parser)]
-#[command(name = "agentcell", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "agentcell",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     /// Log filter (also AGENTCELL_LOG), e.g. `debug` or `agentcell=trace`.
     #[arg(long, global = true, value_name = "FILTER")]
@@ -44,5 +49,8 @@ fn init_logging(filter: Option<&str>) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("AGENTCELL_LOG").ok())
         .unwrap_or_else(|| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

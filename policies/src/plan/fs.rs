@@ -138,13 +138,21 @@ pub fn build(lists: &FsLists, root: RootSource, errs: &mut Vec<Violation>) -> Fs
                     continue;
                 }
             };
-            let e = by_path.entry(path.clone()).or_insert(FsEntry { path, access, origins: vec![] });
+            let e = by_path.entry(path.clone()).or_insert(FsEntry {
+                path,
+                access,
+                origins: vec![],
+            });
             e.access = e.access.max(access);
             e.origins.push(origin.to_string());
         }
     }
     let mut entries: Vec<FsEntry> = by_path.into_values().collect();
-    entries.sort_by(|a, b| depth(&a.path).cmp(&depth(&b.path)).then_with(|| a.path.cmp(&b.path)));
+    entries.sort_by(|a, b| {
+        depth(&a.path)
+            .cmp(&depth(&b.path))
+            .then_with(|| a.path.cmp(&b.path))
+    });
     let baseline = match root {
         RootSource::HostBaseline => BASELINE.iter().map(|s| s.to_string()).collect(),
         RootSource::Rootfs { .. } => Vec::new(),
@@ -171,9 +179,11 @@ impl FsView {
         }
         match &self.root {
             RootSource::Rootfs { .. } => Some(Access::ReadOnly),
-            RootSource::HostBaseline => {
-                self.baseline.iter().any(|b| is_within(&p, b)).then_some(Access::ReadOnly)
-            }
+            RootSource::HostBaseline => self
+                .baseline
+                .iter()
+                .any(|b| is_within(&p, b))
+                .then_some(Access::ReadOnly),
         }
     }
 
@@ -184,7 +194,9 @@ impl FsView {
             .iter()
             .filter(|d| d.access == Access::Denied)
             .filter(|d| {
-                self.entries.iter().any(|e| e.path != d.path && is_within(&e.path, &d.path) && e.access != Access::Denied)
+                self.entries.iter().any(|e| {
+                    e.path != d.path && is_within(&e.path, &d.path) && e.access != Access::Denied
+                })
             })
             .map(|d| d.path.as_str())
             .collect()

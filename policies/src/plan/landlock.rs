@@ -97,8 +97,17 @@ pub struct LandlockPlan {
 }
 
 /// Device nodes a workload needs from the fresh `/dev`.
-pub const DEV_NODES: &[&str] =
-    &["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts", "/dev/ptmx", "/dev/shm"];
+pub const DEV_NODES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/pts",
+    "/dev/ptmx",
+    "/dev/shm",
+];
 
 pub fn build(view: &FsView) -> LandlockPlan {
     let read = || FsRight::READ.to_vec();
@@ -107,22 +116,47 @@ pub fn build(view: &FsView) -> LandlockPlan {
     match &view.root {
         RootSource::HostBaseline => {
             for b in &view.baseline {
-                rules.push(PathRule { path: b.clone(), rights: read(), origin: "baseline".into() });
+                rules.push(PathRule {
+                    path: b.clone(),
+                    rights: read(),
+                    origin: "baseline".into(),
+                });
             }
         }
         RootSource::Rootfs { .. } => {
-            rules.push(PathRule { path: "/".into(), rights: read(), origin: "rootfs".into() });
+            rules.push(PathRule {
+                path: "/".into(),
+                rights: read(),
+                origin: "rootfs".into(),
+            });
         }
     }
-    rules.push(PathRule { path: "/proc".into(), rights: vec![FsRight::ReadFile, FsRight::ReadDir, FsRight::WriteFile], origin: "baseline".into() });
-    rules.push(PathRule { path: "/tmp".into(), rights: all(), origin: "baseline".into() });
+    rules.push(PathRule {
+        path: "/proc".into(),
+        rights: vec![FsRight::ReadFile, FsRight::ReadDir, FsRight::WriteFile],
+        origin: "baseline".into(),
+    });
+    rules.push(PathRule {
+        path: "/tmp".into(),
+        rights: all(),
+        origin: "baseline".into(),
+    });
     for d in DEV_NODES {
-        let mut rights = vec![FsRight::ReadFile, FsRight::WriteFile, FsRight::IoctlDev, FsRight::Truncate];
+        let mut rights = vec![
+            FsRight::ReadFile,
+            FsRight::WriteFile,
+            FsRight::IoctlDev,
+            FsRight::Truncate,
+        ];
         if matches!(*d, "/dev/pts" | "/dev/shm") {
             rights.extend([FsRight::ReadDir, FsRight::MakeReg, FsRight::RemoveFile]);
         }
         rights.sort();
-        rules.push(PathRule { path: (*d).into(), rights, origin: "baseline".into() });
+        rules.push(PathRule {
+            path: (*d).into(),
+            rights,
+            origin: "baseline".into(),
+        });
     }
     for e in &view.entries {
         let rights = match e.access {
@@ -130,7 +164,11 @@ pub fn build(view: &FsView) -> LandlockPlan {
             Access::ReadOnly => read(),
             Access::Denied => continue,
         };
-        rules.push(PathRule { path: e.path.clone(), rights, origin: e.origins.join(", ") });
+        rules.push(PathRule {
+            path: e.path.clone(),
+            rights,
+            origin: e.origins.join(", "),
+        });
     }
     LandlockPlan {
         requested_abi: REQUESTED_ABI,
@@ -144,16 +182,24 @@ pub fn build(view: &FsView) -> LandlockPlan {
 /// What a kernel with Landlock ABI `abi` (None = no Landlock) cannot enforce of `plan`.
 pub fn missing_on(plan: &LandlockPlan, abi: Option<u32>) -> Vec<String> {
     let Some(abi) = abi else {
-        return vec!["Landlock is unavailable: no Landlock rule is enforced (mounts still confine the view)".into()];
+        return vec![
+            "Landlock is unavailable: no Landlock rule is enforced (mounts still confine the view)"
+                .into(),
+        ];
     };
     let mut out = Vec::new();
     for r in &plan.handled {
         if r.abi() > abi {
-            out.push(format!("Landlock ABI {abi} lacks the {r:?} right (needs ABI {})", r.abi()));
+            out.push(format!(
+                "Landlock ABI {abi} lacks the {r:?} right (needs ABI {})",
+                r.abi()
+            ));
         }
     }
     if abi < 6 && !plan.scopes.is_empty() {
-        out.push(format!("Landlock ABI {abi} lacks scoping of abstract UNIX sockets and signals (needs ABI 6)"));
+        out.push(format!(
+            "Landlock ABI {abi} lacks scoping of abstract UNIX sockets and signals (needs ABI 6)"
+        ));
     }
     out
 }

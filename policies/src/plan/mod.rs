@@ -65,9 +65,13 @@ pub struct CompileOptions {
 pub enum Status {
     Enforced,
     /// Less than the policy asks: an error unless best effort was requested.
-    Weakened { reason: String },
+    Weakened {
+        reason: String,
+    },
     /// The field has no meaning for this runner (MXC's Linux backends ignore it too).
-    NotApplicable { reason: String },
+    NotApplicable {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -108,7 +112,9 @@ pub struct Plan {
 
 impl Plan {
     pub fn weakened(&self) -> impl Iterator<Item = &Enforcement> {
-        self.enforcement.iter().filter(|e| matches!(e.status, Status::Weakened { .. }))
+        self.enforcement
+            .iter()
+            .filter(|e| matches!(e.status, Status::Weakened { .. }))
     }
 }
 
@@ -123,7 +129,10 @@ pub enum PlanError {
 }
 
 fn join(v: &[Violation]) -> String {
-    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    v.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Compiles an accepted document into the plan for `host`.
@@ -150,18 +159,22 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
         )),
     }
     let proxy = match &doc.network {
-        NetworkSpec::Legacy(l) => l.proxy.as_ref().map(|p| (p, root.key("network").key("proxy"))),
-        NetworkSpec::Directional(d) => {
-            d.proxy.as_ref().map(|p| (p, root.key("runtimeConfig").key("networkProxy")))
-        }
+        NetworkSpec::Legacy(l) => l
+            .proxy
+            .as_ref()
+            .map(|p| (p, root.key("network").key("proxy"))),
+        NetworkSpec::Directional(d) => d
+            .proxy
+            .as_ref()
+            .map(|p| (p, root.key("runtimeConfig").key("networkProxy"))),
     };
-    if let Some((p, path)) = proxy {
-        if p.endpoint == ProxyEndpoint::BuiltinTestServer {
-            errs.push(Violation::new(
-                path.key("builtinTestServer"),
-                "agentcell has no built-in test proxy; run a proxy and name it with url",
-            ));
-        }
+    if let Some((p, path)) = proxy
+        && p.endpoint == ProxyEndpoint::BuiltinTestServer
+    {
+        errs.push(Violation::new(
+            path.key("builtinTestServer"),
+            "agentcell has no built-in test proxy; run a proxy and name it with url",
+        ));
     }
     let root_source = match &opts.rootfs {
         Some(p) => RootSource::Rootfs { path: p.clone() },
@@ -174,10 +187,22 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
 
     let landlock = landlock::build(&view);
     let seccomp = seccomp::default_profile(&host.arch);
-    let network = net::build(&doc.network, doc.backend, doc.version.supports_directional());
+    let network = net::build(
+        &doc.network,
+        doc.backend,
+        doc.version.supports_directional(),
+    );
     let mut notes = doc.notes.clone();
     let first_rw = doc.filesystem.readwrite.first().and_then(|p| {
-        fs::normalize(p).ok().map(|n| (n, root.key("filesystem").key("readwritePaths").index(0).to_string()))
+        fs::normalize(p).ok().map(|n| {
+            (
+                n,
+                root.key("filesystem")
+                    .key("readwritePaths")
+                    .index(0)
+                    .to_string(),
+            )
+        })
     });
     let process = process::build(&doc.config, first_rw, &network, &mut notes);
     let enforcement = report(doc, host, &view, &landlock, &network, &process);
@@ -207,7 +232,12 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
     Ok(plan)
 }
 
-fn item(field: &str, requirement: impl Into<String>, mechanisms: &[&str], status: Status) -> Enforcement {
+fn item(
+    field: &str,
+    requirement: impl Into<String>,
+    mechanisms: &[&str],
+    status: Status,
+) -> Enforcement {
     Enforcement {
         field: field.into(),
         requirement: requirement.into(),
@@ -229,13 +259,18 @@ fn report(
     let ll_status = if landlock_gaps.is_empty() {
         Status::Enforced
     } else {
-        Status::Weakened { reason: landlock_gaps.join("; ") }
+        Status::Weakened {
+            reason: landlock_gaps.join("; "),
+        }
     };
     let count = |a: Access| view.entries.iter().filter(|e| e.access == a).count();
     out.push(item(
         "filesystem.readonlyPaths",
         format!("{} path(s) readable, not writable", count(Access::ReadOnly)),
-        &["read-only bind mount in a private mount namespace", "Landlock read/execute rule"],
+        &[
+            "read-only bind mount in a private mount namespace",
+            "Landlock read/execute rule",
+        ],
         ll_status.clone(),
     ));
     out.push(item(
@@ -246,7 +281,10 @@ fn report(
     ));
     out.push(item(
         "filesystem.deniedPaths",
-        format!("{} path(s) inaccessible, even inside an allowed parent", count(Access::Denied)),
+        format!(
+            "{} path(s) inaccessible, even inside an allowed parent",
+            count(Access::Denied)
+        ),
         &[
             "file masked with /dev/null, directory with an empty read-only size-capped tmpfs",
             "symlink, '..', bind-mount and hard-link aliases resolved on the host and masked too",
@@ -256,7 +294,10 @@ fn report(
     out.push(item(
         "filesystem (unlisted paths)",
         "every host path outside the baseline and the policy is absent",
-        &["new root with only the baseline bound read-only", "Landlock grants nothing outside its rules"],
+        &[
+            "new root with only the baseline bound read-only",
+            "Landlock grants nothing outside its rules",
+        ],
         ll_status,
     ));
     out.push(item(
@@ -268,14 +309,19 @@ fn report(
     let net_status = if host.nftables || !network.needs_uplink && network.egress.is_empty() {
         Status::Enforced
     } else {
-        Status::Weakened { reason: "nftables is unavailable on this host".into() }
+        Status::Weakened {
+            reason: "nftables is unavailable on this host".into(),
+        }
     };
     let net_field = match &doc.network {
         NetworkSpec::Directional(_) => "network.egress / network.ingress",
         NetworkSpec::Legacy(_) => "network (legacy fields)",
     };
     let egress_mech: &[&str] = if network.needs_uplink {
-        &["private network namespace", "nftables inet table owned by the runner (the workload has no CAP_NET_ADMIN)"]
+        &[
+            "private network namespace",
+            "nftables inet table owned by the runner (the workload has no CAP_NET_ADMIN)",
+        ]
     } else {
         &["private network namespace with no link to the outside (loopback only)"]
     };
@@ -302,15 +348,24 @@ fn report(
     if let Some(p) = &network.proxy {
         out.push(item(
             "network proxy",
-            format!("only TCP to {}:{} leaves the sandbox; proxy variables set", p.host, p.port),
-            &["nftables fence (UDP and IPv6 included)", "HTTP(S)_PROXY/ALL_PROXY/FTP_PROXY in both cases"],
+            format!(
+                "only TCP to {}:{} leaves the sandbox; proxy variables set",
+                p.host, p.port
+            ),
+            &[
+                "nftables fence (UDP and IPv6 included)",
+                "HTTP(S)_PROXY/ALL_PROXY/FTP_PROXY in both cases",
+            ],
             net_status,
         ));
     }
     if !network.resolve_at_start.is_empty() {
         out.push(item(
             "network (host names)",
-            format!("{} resolved once at start (A and AAAA) and pinned", network.resolve_at_start.join(", ")),
+            format!(
+                "{} resolved once at start (A and AAAA) and pinned",
+                network.resolve_at_start.join(", ")
+            ),
             &["nftables rules for the resolved addresses; later DNS changes are not followed"],
             Status::Enforced,
         ));
@@ -326,7 +381,9 @@ fn report(
     let sc_status = if host.seccomp {
         Status::Enforced
     } else {
-        Status::Weakened { reason: "seccomp is unavailable on this host".into() }
+        Status::Weakened {
+            reason: "seccomp is unavailable on this host".into(),
+        }
     };
     out.push(item(
         "seccomp (beyond MXC)",
@@ -340,7 +397,12 @@ fn report(
         &["environment cleared, then set from the policy"],
         Status::Enforced,
     ));
-    out.push(item("process.cwd", format!("{} ({})", process.cwd, process.cwd_origin), &["chdir before exec"], Status::Enforced));
+    out.push(item(
+        "process.cwd",
+        format!("{} ({})", process.cwd, process.cwd_origin),
+        &["chdir before exec"],
+        Status::Enforced,
+    ));
     out.push(item(
         "process.timeout",
         match process.timeout_ms {
@@ -352,8 +414,15 @@ fn report(
     ));
     out.push(item(
         "process (privileges)",
-        format!("no capabilities, no_new_privileges, pids ≤ {}, memory ≤ {} MiB", process.pids_max, process.memory_max >> 20),
-        &["pid, ipc, uts, mount, cgroup and network namespaces", "cgroup limits"],
+        format!(
+            "no capabilities, no_new_privileges, pids ≤ {}, memory ≤ {} MiB",
+            process.pids_max,
+            process.memory_max >> 20
+        ),
+        &[
+            "pid, ipc, uts, mount, cgroup and network namespaces",
+            "cgroup limits",
+        ],
         Status::Enforced,
     ));
     if doc.config.ui.is_some() {
@@ -361,18 +430,24 @@ fn report(
             "ui",
             "UI isolation",
             &[],
-            Status::NotApplicable { reason: "no display is reachable from the sandbox; MXC's Linux backends ignore ui too".into() },
+            Status::NotApplicable {
+                reason:
+                    "no display is reachable from the sandbox; MXC's Linux backends ignore ui too"
+                        .into(),
+            },
         ));
     }
-    if let Some(l) = &doc.config.lifecycle {
-        if l.preserve_policy == Some(true) || l.destroy_on_exit == Some(false) {
-            out.push(item(
-                "lifecycle",
-                "keep the sandbox or its policy after exit",
-                &[],
-                Status::NotApplicable { reason: "agentcell sandboxes and their rules are always removed at exit".into() },
-            ));
-        }
+    if let Some(l) = &doc.config.lifecycle
+        && (l.preserve_policy == Some(true) || l.destroy_on_exit == Some(false))
+    {
+        out.push(item(
+            "lifecycle",
+            "keep the sandbox or its policy after exit",
+            &[],
+            Status::NotApplicable {
+                reason: "agentcell sandboxes and their rules are always removed at exit".into(),
+            },
+        ));
     }
     if doc.backend == Backend::Lxc {
         out.push(item(
@@ -396,7 +471,9 @@ mod tests {
 
     #[test]
     fn reference_host_enforces_everything() {
-        let d = doc(r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#);
+        let d = doc(
+            r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#,
+        );
         let p = compile(&d, &Host::reference(), &CompileOptions::default()).unwrap();
         assert_eq!(p.weakened().count(), 0);
         assert_eq!(p.process.cwd, "/work");
@@ -406,19 +483,44 @@ mod tests {
     #[test]
     fn old_landlock_is_an_error_unless_best_effort() {
         let d = doc(r#"{"version":"0.8.0-alpha"}"#);
-        let host = Host { landlock_abi: Some(3), ..Host::reference() };
+        let host = Host {
+            landlock_abi: Some(3),
+            ..Host::reference()
+        };
         let err = compile(&d, &host, &CompileOptions::default()).unwrap_err();
         assert!(err.to_string().contains("IoctlDev"), "{err}");
-        let p = compile(&d, &host, &CompileOptions { best_effort: true, ..Default::default() }).unwrap();
+        let p = compile(
+            &d,
+            &host,
+            &CompileOptions {
+                best_effort: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(p.weakened().count() > 0);
-        let none = Host { landlock_abi: None, seccomp: false, ..Host::reference() };
-        let p = compile(&d, &none, &CompileOptions { best_effort: true, ..Default::default() }).unwrap();
+        let none = Host {
+            landlock_abi: None,
+            seccomp: false,
+            ..Host::reference()
+        };
+        let p = compile(
+            &d,
+            &none,
+            &CompileOptions {
+                best_effort: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(p.weakened().any(|e| e.field.starts_with("seccomp")));
     }
 
     #[test]
     fn foreign_containments_and_relative_paths_are_refused() {
-        let d = doc(r#"{"version":"0.8.0-alpha","containment":"seatbelt","process":{"commandLine":"x"}}"#);
+        let d = doc(
+            r#"{"version":"0.8.0-alpha","containment":"seatbelt","process":{"commandLine":"x"}}"#,
+        );
         let e = compile(&d, &Host::reference(), &CompileOptions::default()).unwrap_err();
         assert!(e.to_string().contains("containment"), "{e}");
         let d = doc(r#"{"version":"0.8.0-alpha","filesystem":{"readonlyPaths":["rel"]}}"#);
@@ -428,10 +530,15 @@ mod tests {
 
     #[test]
     fn nftables_missing_matters_only_with_an_uplink() {
-        let host = Host { nftables: false, ..Host::reference() };
+        let host = Host {
+            nftables: false,
+            ..Host::reference()
+        };
         let closed = doc(r#"{"version":"0.8.0-alpha"}"#);
         assert!(compile(&closed, &host, &CompileOptions::default()).is_ok());
-        let open = doc(r#"{"version":"0.8.0-alpha","network":{"egress":{"allow":[{"to":[{"cidr":"198.18.0.0/15"}]}]}}}"#);
+        let open = doc(
+            r#"{"version":"0.8.0-alpha","network":{"egress":{"allow":[{"to":[{"cidr":"198.18.0.0/15"}]}]}}}"#,
+        );
         assert!(compile(&open, &host, &CompileOptions::default()).is_err());
     }
 }

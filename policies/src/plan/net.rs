@@ -123,9 +123,17 @@ pub fn build(spec: &NetworkSpec, backend: Backend, directional_schema: bool) -> 
     };
     let proxy = match spec {
         NetworkSpec::Directional(d) => {
-            for (name, rules, verdict) in [("deny", &d.deny, Verdict::Drop), ("allow", &d.allow, Verdict::Accept)] {
+            for (name, rules, verdict) in [
+                ("deny", &d.deny, Verdict::Drop),
+                ("allow", &d.allow, Verdict::Accept),
+            ] {
                 for (i, r) in rules.iter().enumerate() {
-                    lower_rule(r, verdict, &np.key("egress").key(name).index(i), &mut plan.egress);
+                    lower_rule(
+                        r,
+                        verdict,
+                        &np.key("egress").key(name).index(i),
+                        &mut plan.egress,
+                    );
                 }
             }
             plan.egress_default = d.egress_default.into();
@@ -134,7 +142,10 @@ pub fn build(spec: &NetworkSpec, backend: Backend, directional_schema: bool) -> 
             d.proxy.as_ref()
         }
         NetworkSpec::Legacy(l) => {
-            for (name, list, verdict) in [("blockedHosts", &l.blocked_hosts, Verdict::Drop), ("allowedHosts", &l.allowed_hosts, Verdict::Accept)] {
+            for (name, list, verdict) in [
+                ("blockedHosts", &l.blocked_hosts, Verdict::Drop),
+                ("allowedHosts", &l.allowed_hosts, Verdict::Accept),
+            ] {
                 for (i, e) in list.iter().enumerate() {
                     let origin = np.key(name).index(i).to_string();
                     let dest = match e {
@@ -149,14 +160,24 @@ pub fn build(spec: &NetworkSpec, backend: Backend, directional_schema: bool) -> 
                         // refused at admission where they would weaken the policy.
                         HostEntry::Malformed { .. } => continue,
                     };
-                    plan.egress.push(NetRule { verdict, dest, l4: L4::Any, ports: None, origin });
+                    plan.egress.push(NetRule {
+                        verdict,
+                        dest,
+                        l4: L4::Any,
+                        ports: None,
+                        origin,
+                    });
                 }
             }
             plan.egress_default = match l.default_policy {
                 DefaultPolicy::Allow => Verdict::Accept,
                 DefaultPolicy::Block => Verdict::Drop,
             };
-            plan.ingress_default = if l.allow_local_network { Verdict::Accept } else { Verdict::Drop };
+            plan.ingress_default = if l.allow_local_network {
+                Verdict::Accept
+            } else {
+                Verdict::Drop
+            };
             plan.dns_exemption = backend == Backend::Lxc && !directional_schema;
             l.proxy.as_ref()
         }
@@ -179,20 +200,30 @@ pub fn build(spec: &NetworkSpec, backend: Backend, directional_schema: bool) -> 
 }
 
 fn fence(p: &ProxySpec) -> Option<ProxyFence> {
-    let ProxyEndpoint::Host { host, port, .. } = &p.endpoint else { return None };
+    let ProxyEndpoint::Host { host, port, .. } = &p.endpoint else {
+        return None;
+    };
     let mut env = Vec::new();
     for name in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY"] {
         env.push((name.to_string(), p.url.clone()));
         env.push((name.to_ascii_lowercase(), p.url.clone()));
     }
-    Some(ProxyFence { host: host.clone(), port: *port, url: p.url.clone(), env })
+    Some(ProxyFence {
+        host: host.clone(),
+        port: *port,
+        url: p.url.clone(),
+        env,
+    })
 }
 
 /// One MXC rule → (peers minus excepts) × port selectors, both families when `to` is omitted.
 fn lower_rule(r: &RuleSpec, verdict: Verdict, path: &JsonPath, out: &mut Vec<NetRule>) {
     let origin = path.to_string();
     let dests: Vec<Dest> = match &r.to {
-        None => vec![Dest::Net("0.0.0.0/0".parse().expect("const")), Dest::Net("::/0".parse().expect("const"))],
+        None => vec![
+            Dest::Net("0.0.0.0/0".parse().expect("const")),
+            Dest::Net("::/0".parse().expect("const")),
+        ],
         Some(peers) => peers
             .iter()
             .flat_map(|p| netspec::subtract(p.cidr, &p.except))
@@ -204,7 +235,9 @@ fn lower_rule(r: &RuleSpec, verdict: Verdict, path: &JsonPath, out: &mut Vec<Net
         Some(ports) => ports
             .iter()
             .flat_map(|p| match (p.protocol, p.range) {
-                (Protocol::Any, Some(range)) => vec![(L4::Tcp, Some(range)), (L4::Udp, Some(range))],
+                (Protocol::Any, Some(range)) => {
+                    vec![(L4::Tcp, Some(range)), (L4::Udp, Some(range))]
+                }
                 (Protocol::Any, None) => vec![(L4::Any, None)],
                 (Protocol::Tcp, r) => vec![(L4::Tcp, r)],
                 (Protocol::Udp, r) => vec![(L4::Udp, r)],
@@ -214,7 +247,13 @@ fn lower_rule(r: &RuleSpec, verdict: Verdict, path: &JsonPath, out: &mut Vec<Net
     };
     for d in &dests {
         for (l4, ports) in &selectors {
-            out.push(NetRule { verdict, dest: d.clone(), l4: *l4, ports: *ports, origin: origin.clone() });
+            out.push(NetRule {
+                verdict,
+                dest: d.clone(),
+                l4: *l4,
+                ports: *ports,
+                origin: origin.clone(),
+            });
         }
     }
 }
@@ -231,24 +270,43 @@ mod tests {
 
     #[test]
     fn deny_before_allow_and_both_families() {
-        let p = plan(r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"deny",
+        let p = plan(
+            r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"deny",
             "allow":[{"ports":[{"protocol":"tcp","port":443}]}],
-            "deny":[{"to":[{"cidr":"10.0.0.0/8"}]}]}}}"#);
+            "deny":[{"to":[{"cidr":"10.0.0.0/8"}]}]}}}"#,
+        );
         assert_eq!(p.egress[0].verdict, Verdict::Drop);
         assert_eq!(p.egress[0].dest, Dest::Net("10.0.0.0/8".parse().unwrap()));
-        let allows: Vec<_> = p.egress.iter().filter(|r| r.verdict == Verdict::Accept).collect();
+        let allows: Vec<_> = p
+            .egress
+            .iter()
+            .filter(|r| r.verdict == Verdict::Accept)
+            .collect();
         assert_eq!(allows.len(), 2, "v4 and v6");
-        assert!(allows.iter().all(|r| r.l4 == L4::Tcp && r.ports == Some((443, 443))));
+        assert!(
+            allows
+                .iter()
+                .all(|r| r.l4 == L4::Tcp && r.ports == Some((443, 443)))
+        );
         assert_eq!(p.egress_default, Verdict::Drop);
         assert!(p.needs_uplink);
     }
 
     #[test]
     fn except_is_subtracted_and_any_port_splits() {
-        let p = plan(r#"{"version":"0.8.0-alpha","network":{"egress":{"allow":[{"to":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}],
-            "ports":[{"port":53,"endPort":54}]}]}}}"#);
-        assert!(p.egress.iter().all(|r| match &r.dest { Dest::Net(n) => !n.contains(&"10.1.2.3/32".parse::<IpNet>().unwrap()), _ => false }));
-        assert!(p.egress.iter().any(|r| r.l4 == L4::Udp && r.ports == Some((53, 54))));
+        let p = plan(
+            r#"{"version":"0.8.0-alpha","network":{"egress":{"allow":[{"to":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}],
+            "ports":[{"port":53,"endPort":54}]}]}}}"#,
+        );
+        assert!(p.egress.iter().all(|r| match &r.dest {
+            Dest::Net(n) => !n.contains(&"10.1.2.3/32".parse::<IpNet>().unwrap()),
+            _ => false,
+        }));
+        assert!(
+            p.egress
+                .iter()
+                .any(|r| r.l4 == L4::Udp && r.ports == Some((53, 54)))
+        );
         assert_eq!(p.egress.len(), 8 * 2);
     }
 
@@ -261,7 +319,9 @@ mod tests {
 
     #[test]
     fn proxy_is_a_fence() {
-        let p = plan(r#"{"version":"0.8.0-alpha","runtimeConfig":{"networkProxy":"http://127.0.0.1:3128"}}"#);
+        let p = plan(
+            r#"{"version":"0.8.0-alpha","runtimeConfig":{"networkProxy":"http://127.0.0.1:3128"}}"#,
+        );
         let f = p.proxy.unwrap();
         assert_eq!((f.host.as_str(), f.port), ("127.0.0.1", 3128));
         assert!(f.env.iter().any(|(k, _)| k == "https_proxy"));
@@ -270,11 +330,17 @@ mod tests {
 
     #[test]
     fn legacy_lists_and_names() {
-        let p = plan(r#"{"version":"0.7.0-alpha","containment":"lxc","lxc":{"distribution":"a","release":"1"},
-            "network":{"defaultPolicy":"block","enforcementMode":"firewall","allowedHosts":["api.github.com","10.0.0.5/24"],"blockedHosts":["10.0.0.9"]}}"#);
+        let p = plan(
+            r#"{"version":"0.7.0-alpha","containment":"lxc","lxc":{"distribution":"a","release":"1"},
+            "network":{"defaultPolicy":"block","enforcementMode":"firewall","allowedHosts":["api.github.com","10.0.0.5/24"],"blockedHosts":["10.0.0.9"]}}"#,
+        );
         assert_eq!(p.egress[0].verdict, Verdict::Drop);
         assert_eq!(p.resolve_at_start, vec!["api.github.com".to_string()]);
         assert!(p.dns_exemption, "MXC's LXC backend exempts DNS below 0.8");
-        assert!(p.egress.iter().any(|r| r.dest == Dest::Net("10.0.0.0/24".parse().unwrap())));
+        assert!(
+            p.egress
+                .iter()
+                .any(|r| r.dest == Dest::Net("10.0.0.0/24".parse().unwrap()))
+        );
     }
 }

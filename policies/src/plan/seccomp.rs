@@ -55,14 +55,24 @@ fn errno(names: &[&str], errno: u32, why: &'static str) -> SyscallRule {
 
 fn masked(name: &str, index: u32, mask: u64, errno_ret: u32, why: &'static str) -> SyscallRule {
     SyscallRule {
-        args: vec![SyscallArg { index, value: mask, value_two: Some(mask), op: "SCMP_CMP_MASKED_EQ".into() }],
+        args: vec![SyscallArg {
+            index,
+            value: mask,
+            value_two: Some(mask),
+            op: "SCMP_CMP_MASKED_EQ".into(),
+        }],
         ..errno(&[name], errno_ret, why)
     }
 }
 
 fn equal(name: &str, index: u32, value: u64, errno_ret: u32, why: &'static str) -> SyscallRule {
     SyscallRule {
-        args: vec![SyscallArg { index, value, value_two: None, op: "SCMP_CMP_EQ".into() }],
+        args: vec![SyscallArg {
+            index,
+            value,
+            value_two: None,
+            op: "SCMP_CMP_EQ".into(),
+        }],
         ..errno(&[name], errno_ret, why)
     }
 }
@@ -75,23 +85,92 @@ pub fn default_profile(arch: &str) -> LinuxSeccomp {
         _ => vec!["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
     };
     let syscalls = vec![
-        errno(&["ptrace", "process_vm_readv", "process_vm_writev"], EPERM, "no inspecting or writing other processes"),
-        errno(&["io_uring_setup", "io_uring_enter", "io_uring_register"], EPERM, "io_uring bypasses seccomp for the operations it queues"),
-        errno(&["bpf", "perf_event_open", "userfaultfd"], EPERM, "kernel attack surface no workload needs"),
-        errno(&["kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module"], EPERM, "no kernel or module loading"),
         errno(
-            &["mount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr"],
+            &["ptrace", "process_vm_readv", "process_vm_writev"],
+            EPERM,
+            "no inspecting or writing other processes",
+        ),
+        errno(
+            &["io_uring_setup", "io_uring_enter", "io_uring_register"],
+            EPERM,
+            "io_uring bypasses seccomp for the operations it queues",
+        ),
+        errno(
+            &["bpf", "perf_event_open", "userfaultfd"],
+            EPERM,
+            "kernel attack surface no workload needs",
+        ),
+        errno(
+            &[
+                "kexec_load",
+                "kexec_file_load",
+                "init_module",
+                "finit_module",
+                "delete_module",
+            ],
+            EPERM,
+            "no kernel or module loading",
+        ),
+        errno(
+            &[
+                "mount",
+                "umount2",
+                "pivot_root",
+                "move_mount",
+                "open_tree",
+                "fsopen",
+                "fsconfig",
+                "fsmount",
+                "fspick",
+                "mount_setattr",
+            ],
             EPERM,
             "the filesystem view is fixed",
         ),
         errno(&["setns"], EPERM, "no joining other namespaces"),
-        errno(&["open_by_handle_at"], EPERM, "file handles bypass path-based confinement"),
-        errno(&["keyctl", "add_key", "request_key"], EPERM, "the kernel keyring is not namespaced"),
-        masked("unshare", 0, CLONE_NEWUSER, EPERM, "no new user namespaces (they re-grant capabilities)"),
-        masked("clone", 0, CLONE_NEWUSER, EPERM, "no new user namespaces (they re-grant capabilities)"),
-        errno(&["clone3"], ENOSYS, "clone3 flags live in memory seccomp cannot inspect; ENOSYS makes libc fall back to clone"),
-        equal("socket", 0, AF_VSOCK, EAFNOSUPPORT, "AF_VSOCK reaches the hypervisor host (WSL2 interop)"),
-        equal("socket", 0, AF_PACKET, EAFNOSUPPORT, "raw packet sockets bypass the network fence's view"),
+        errno(
+            &["open_by_handle_at"],
+            EPERM,
+            "file handles bypass path-based confinement",
+        ),
+        errno(
+            &["keyctl", "add_key", "request_key"],
+            EPERM,
+            "the kernel keyring is not namespaced",
+        ),
+        masked(
+            "unshare",
+            0,
+            CLONE_NEWUSER,
+            EPERM,
+            "no new user namespaces (they re-grant capabilities)",
+        ),
+        masked(
+            "clone",
+            0,
+            CLONE_NEWUSER,
+            EPERM,
+            "no new user namespaces (they re-grant capabilities)",
+        ),
+        errno(
+            &["clone3"],
+            ENOSYS,
+            "clone3 flags live in memory seccomp cannot inspect; ENOSYS makes libc fall back to clone",
+        ),
+        equal(
+            "socket",
+            0,
+            AF_VSOCK,
+            EAFNOSUPPORT,
+            "AF_VSOCK reaches the hypervisor host (WSL2 interop)",
+        ),
+        equal(
+            "socket",
+            0,
+            AF_PACKET,
+            EAFNOSUPPORT,
+            "raw packet sockets bypass the network fence's view",
+        ),
     ];
     LinuxSeccomp {
         default_action: "SCMP_ACT_ALLOW".into(),
@@ -107,11 +186,36 @@ mod tests {
     #[test]
     fn denies_the_listed_families_and_spares_landlock() {
         let p = default_profile("x86_64");
-        let names: Vec<&str> = p.syscalls.iter().flat_map(|r| r.names.iter().map(String::as_str)).collect();
-        for must in ["ptrace", "bpf", "io_uring_setup", "mount", "setns", "keyctl", "clone3", "unshare", "kexec_load", "open_by_handle_at", "userfaultfd", "perf_event_open", "process_vm_writev", "init_module", "pivot_root", "fsopen"] {
+        let names: Vec<&str> = p
+            .syscalls
+            .iter()
+            .flat_map(|r| r.names.iter().map(String::as_str))
+            .collect();
+        for must in [
+            "ptrace",
+            "bpf",
+            "io_uring_setup",
+            "mount",
+            "setns",
+            "keyctl",
+            "clone3",
+            "unshare",
+            "kexec_load",
+            "open_by_handle_at",
+            "userfaultfd",
+            "perf_event_open",
+            "process_vm_writev",
+            "init_module",
+            "pivot_root",
+            "fsopen",
+        ] {
             assert!(names.contains(&must), "{must}");
         }
-        assert!(!names.iter().any(|n| n.starts_with("landlock") || *n == "ioctl"));
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("landlock") || *n == "ioctl")
+        );
         let clone3 = p.syscalls.iter().find(|r| r.names == ["clone3"]).unwrap();
         assert_eq!(clone3.errno_ret, Some(38));
         let json = serde_json::to_value(&p).unwrap();

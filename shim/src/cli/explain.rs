@@ -31,45 +31,92 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
         yes(h.ipv6)
     );
 
-    let _ = writeln!(o, "\nfilesystem (applied top to bottom; the deepest path wins)");
+    let _ = writeln!(
+        o,
+        "\nfilesystem (applied top to bottom; the deepest path wins)"
+    );
     match &plan.filesystem.root {
         RootSource::HostBaseline => {
-            let _ = writeln!(o, "  /                      empty root; host baseline bound read-only when present:");
-            let _ = writeln!(o, "                         {}", plan.filesystem.baseline.join(" "));
+            let _ = writeln!(
+                o,
+                "  /                      empty root; host baseline bound read-only when present:"
+            );
+            let _ = writeln!(
+                o,
+                "                         {}",
+                plan.filesystem.baseline.join(" ")
+            );
         }
         RootSource::Rootfs { path } => {
             let _ = writeln!(o, "  /                      {path}, read-only");
         }
     }
     let _ = writeln!(o, "  /dev /proc             fresh");
-    let _ = writeln!(o, "  /tmp                   fresh tmpfs, read-write, {}", plan.filesystem.tmp_size);
+    let _ = writeln!(
+        o,
+        "  /tmp                   fresh tmpfs, read-write, {}",
+        plan.filesystem.tmp_size
+    );
     for e in &plan.filesystem.entries {
         let how = match e.access {
             Access::ReadWrite => "read-write".to_string(),
             Access::ReadOnly => "read-only".to_string(),
-            Access::Denied => format!("denied (file: /dev/null, directory: empty read-only tmpfs {})", plan.filesystem.denied_dir_tmpfs_size),
+            Access::Denied => format!(
+                "denied (file: /dev/null, directory: empty read-only tmpfs {})",
+                plan.filesystem.denied_dir_tmpfs_size
+            ),
         };
         let _ = writeln!(o, "  {:22} {how}   [{}]", e.path, e.origins.join(", "));
     }
     let _ = writeln!(o, "  everything else        absent");
 
     let n = &plan.network;
-    let _ = writeln!(o, "\nnetwork (private namespace{})", if n.needs_uplink { " with an uplink" } else { ", loopback only" });
-    let _ = writeln!(o, "  egress                 loopback and established traffic, then:");
+    let _ = writeln!(
+        o,
+        "\nnetwork (private namespace{})",
+        if n.needs_uplink {
+            " with an uplink"
+        } else {
+            ", loopback only"
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  egress                 loopback and established traffic, then:"
+    );
     if n.dns_exemption {
-        let _ = writeln!(o, "    accept  any                 udp,tcp/53   (MXC's LXC DNS exemption below 0.8)");
+        let _ = writeln!(
+            o,
+            "    accept  any                 udp,tcp/53   (MXC's LXC DNS exemption below 0.8)"
+        );
     }
     if let Some(p) = &n.proxy {
-        let _ = writeln!(o, "    accept  {}:{}   tcp only (proxy fence; {})", p.host, p.port, p.url);
+        let _ = writeln!(
+            o,
+            "    accept  {}:{}   tcp only (proxy fence; {})",
+            p.host, p.port, p.url
+        );
     }
     for r in &n.egress {
         let _ = writeln!(o, "    {}", rule(r));
     }
-    let _ = writeln!(o, "    {}  everything else (IPv4 and IPv6)", verdict(n.egress_default));
+    let _ = writeln!(
+        o,
+        "    {}  everything else (IPv4 and IPv6)",
+        verdict(n.egress_default)
+    );
     let _ = writeln!(o, "  inbound                {}", verdict(n.ingress_default));
-    let _ = writeln!(o, "  host itself            {} (its loopback services and every address it owns, both ways)", verdict(n.host_loopback));
+    let _ = writeln!(
+        o,
+        "  host itself            {} (its loopback services and every address it owns, both ways)",
+        verdict(n.host_loopback)
+    );
     if !n.resolve_at_start.is_empty() {
-        let _ = writeln!(o, "  resolved at start      {} (A and AAAA, pinned; not re-resolved)", n.resolve_at_start.join(", "));
+        let _ = writeln!(
+            o,
+            "  resolved at start      {} (A and AAAA, pinned; not re-resolved)",
+            n.resolve_at_start.join(", ")
+        );
     }
 
     let p = &plan.process;
@@ -79,21 +126,47 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
             let _ = writeln!(o, "  command                /bin/sh -c {c:?}");
         }
         None => {
-            let _ = writeln!(o, "  command                given by the caller (agentcell run -- CMD, or the container image)");
+            let _ = writeln!(
+                o,
+                "  command                given by the caller (agentcell run -- CMD, or the container image)"
+            );
         }
     }
     let _ = writeln!(o, "  cwd                    {} ({})", p.cwd, p.cwd_origin);
     let keys: Vec<&str> = p.env.iter().map(|(k, _)| k.as_str()).collect();
-    let _ = writeln!(o, "  env                    cleared; set: {}", if keys.is_empty() { "(none)".to_string() } else { keys.join(" ") });
-    let _ = writeln!(o, "  timeout                {}", p.timeout_ms.map_or("none".to_string(), |t| format!("{t} ms, whole cgroup killed")));
-    let _ = writeln!(o, "  limits                 pids {}, memory {} MiB, no capabilities, no_new_privs", p.pids_max, p.memory_max >> 20);
+    let _ = writeln!(
+        o,
+        "  env                    cleared; set: {}",
+        if keys.is_empty() {
+            "(none)".to_string()
+        } else {
+            keys.join(" ")
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  timeout                {}",
+        p.timeout_ms.map_or("none".to_string(), |t| format!(
+            "{t} ms, whole cgroup killed"
+        ))
+    );
+    let _ = writeln!(
+        o,
+        "  limits                 pids {}, memory {} MiB, no capabilities, no_new_privs",
+        p.pids_max,
+        p.memory_max >> 20
+    );
     let _ = writeln!(
         o,
         "  landlock               ABI {} requested, {} path rules, scopes: abstract UNIX sockets, signals",
         plan.landlock.requested_abi,
         plan.landlock.rules.len()
     );
-    let _ = writeln!(o, "  seccomp                {} deny rules, default allow", plan.seccomp.syscalls.len());
+    let _ = writeln!(
+        o,
+        "  seccomp                {} deny rules, default allow",
+        plan.seccomp.syscalls.len()
+    );
 
     let _ = writeln!(o, "\nenforcement");
     for e in &plan.enforcement {
@@ -102,7 +175,11 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
             Status::Weakened { reason } => ("WEAKENED", format!("\n      why: {reason}")),
             Status::NotApplicable { reason } => ("n/a", format!("\n      why: {reason}")),
         };
-        let by = if e.mechanisms.is_empty() { String::new() } else { format!("\n      by: {}", e.mechanisms.join("; ")) };
+        let by = if e.mechanisms.is_empty() {
+            String::new()
+        } else {
+            format!("\n      by: {}", e.mechanisms.join("; "))
+        };
         let _ = writeln!(o, "  [{mark}] {}: {}{by}{tail}", e.field, e.requirement);
     }
     if !plan.notes.is_empty() {
@@ -142,5 +219,11 @@ fn rule(r: &NetRule) -> String {
         Some((a, b)) if a == b => format!("/{a}"),
         Some((a, b)) => format!("/{a}-{b}"),
     };
-    format!("{}  {:20} {:12} [{}]", verdict(r.verdict), dest, format!("{l4}{ports}"), r.origin)
+    format!(
+        "{}  {:20} {:12} [{}]",
+        verdict(r.verdict),
+        dest,
+        format!("{l4}{ports}"),
+        r.origin
+    )
 }

@@ -128,15 +128,37 @@ pub fn read_source(file: &str) -> Result<String> {
 
 pub fn run(cmd: PolicyCommand) -> ExitCode {
     match cmd {
-        PolicyCommand::Check { files, contract, read, json } => check(&files, contract, &read, json),
-        PolicyCommand::Explain { file, read, best_effort, rootfs, host, json } => {
-            let opts = CompileOptions { best_effort, rootfs: rootfs.map(|p| p.display().to_string()) };
+        PolicyCommand::Check {
+            files,
+            contract,
+            read,
+            json,
+        } => check(&files, contract, &read, json),
+        PolicyCommand::Explain {
+            file,
+            read,
+            best_effort,
+            rootfs,
+            host,
+            json,
+        } => {
+            let opts = CompileOptions {
+                best_effort,
+                rootfs: rootfs.map(|p| p.display().to_string()),
+            };
             explain(&file, &read, &opts, host, json)
         }
-        PolicyCommand::Digest { file, read, canonical } => digest(&file, &read, canonical),
+        PolicyCommand::Digest {
+            file,
+            read,
+            canonical,
+        } => digest(&file, &read, canonical),
         PolicyCommand::Presets { json } => {
             if json {
-                let v: Vec<_> = presets::PRESETS.iter().map(|(n, d, _)| json!({"name": n, "description": d})).collect();
+                let v: Vec<_> = presets::PRESETS
+                    .iter()
+                    .map(|(n, d, _)| json!({"name": n, "description": d}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             } else {
                 for (n, d, _) in presets::PRESETS {
@@ -160,7 +182,8 @@ fn check(files: &[String], use_contract: bool, read: &ReadArgs, json: bool) -> E
             }
         };
         let verdict: Result<serde_json::Value, PolicyError> = if use_contract {
-            contract::check(&text).map(|v| json!({"contract": v.version.as_str(), "root": v.root.as_str()}))
+            contract::check(&text)
+                .map(|v| json!({"contract": v.version.as_str(), "root": v.root.as_str()}))
         } else {
             agentcell_policy::parse_with(&text, &read.options()).map(|d| {
                 json!({
@@ -185,7 +208,10 @@ fn check(files: &[String], use_contract: bool, read: &ReadArgs, json: bool) -> E
                 all_ok = false;
                 let violations = e.violations();
                 if json {
-                    let errs: Vec<_> = violations.iter().map(|v| json!({"path": v.path.to_string(), "message": v.message})).collect();
+                    let errs: Vec<_> = violations
+                        .iter()
+                        .map(|v| json!({"path": v.path.to_string(), "message": v.message}))
+                        .collect();
                     println!("{}", json!({"file": file, "valid": false, "errors": errs}));
                 }
                 for v in violations {
@@ -194,17 +220,30 @@ fn check(files: &[String], use_contract: bool, read: &ReadArgs, json: bool) -> E
             }
         }
     }
-    if all_ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_INVALID) }
+    if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_INVALID)
+    }
 }
 
 fn report_io(file: &str, e: &anyhow::Error, json: bool) {
     if json {
-        println!("{}", json!({"file": file, "valid": false, "errors": [{"path": "", "message": format!("{e:#}")}]}));
+        println!(
+            "{}",
+            json!({"file": file, "valid": false, "errors": [{"path": "", "message": format!("{e:#}")}]})
+        );
     }
     eprintln!("{file}: {e:#}");
 }
 
-fn explain(file: &str, read: &ReadArgs, opts: &CompileOptions, host: HostChoice, json: bool) -> ExitCode {
+fn explain(
+    file: &str,
+    read: &ReadArgs,
+    opts: &CompileOptions,
+    host: HostChoice,
+    json: bool,
+) -> ExitCode {
     let text = match read_source(file) {
         Ok(t) => t,
         Err(e) => {
@@ -228,7 +267,10 @@ fn explain(file: &str, read: &ReadArgs, opts: &CompileOptions, host: HostChoice,
     match agentcell_policy::compile(&doc, &host, opts) {
         Ok(plan) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&plan).expect("plan serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                );
             } else {
                 print!("{}", super::explain::render(file, &doc, &plan));
             }
@@ -242,7 +284,9 @@ fn explain(file: &str, read: &ReadArgs, opts: &CompileOptions, host: HostChoice,
                     }
                 }
                 PlanError::Unenforceable(items) => {
-                    eprintln!("{file}: not fully enforceable on this host (--best-effort accepts and reports):");
+                    eprintln!(
+                        "{file}: not fully enforceable on this host (--best-effort accepts and reports):"
+                    );
                     for i in items {
                         if let agentcell_policy::plan::Status::Weakened { reason } = &i.status {
                             eprintln!("{file}: {}: {reason}", i.field);
