@@ -216,7 +216,7 @@ pub fn check_value_as(
     if root_kind == RequestRoot::IsolationSessionProvision {
         stripped.remove("network");
     }
-    let cfg: ContainerConfig = crate::document::typed_at(Value::Object(stripped), &root)?;
+    let cfg: ContainerConfig = crate::document::typed_at(&Value::Object(stripped), &root)?;
 
     if let Some(Value::String(c)) = obj.get("containment") {
         let mut ok: Vec<&str> = CONTAINMENT_06.to_vec();
@@ -638,7 +638,7 @@ fn check_contract_experimental(
         }
     }
     if errs.is_empty()
-        && let Err(e) = crate::document::typed_at::<Experimental>(raw.clone(), path)
+        && let Err(e) = crate::document::typed_at::<Experimental>(raw, path)
     {
         errs.extend(e.violations());
     }

@@ -147,7 +147,7 @@ pub fn parse_value(value: Value, opts: &ParseOptions) -> Result<Document, Policy
     let kind = opts.kind.unwrap_or_else(|| detect_kind(&value));
     let doc = match kind {
         DocumentKind::ContainerConfig => {
-            let cfg: ContainerConfig = typed_at(value.clone(), &root)?;
+            let cfg: ContainerConfig = typed_at(&value, &root)?;
             validate::runtime(cfg, &value, kind, opts)?
         }
         DocumentKind::SandboxPolicy => {
@@ -222,7 +222,7 @@ pub fn detect_kind(v: &Value) -> DocumentKind {
 }
 
 /// Reads a typed value, reporting serde's first error with the JSON path below `base`.
-pub fn typed_at<T: DeserializeOwned>(value: Value, base: &JsonPath) -> Result<T, PolicyError> {
+pub fn typed_at<T: DeserializeOwned>(value: &Value, base: &JsonPath) -> Result<T, PolicyError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let rel = e.path().to_string();
         let mut path = if rel == "." || rel.is_empty() {

@@ -22,15 +22,21 @@ pub struct SyntaxError {
 /// Parses `text` as exactly one JSON value, rejecting duplicate object keys and trailing content.
 pub fn parse_strict(text: &str) -> Result<Value, SyntaxError> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let mut dup: Option<JsonPath> = None;
-    let value = StrictSeed {
+    let mut ctx = Ctx {
         path: JsonPath::root(),
-        dup: &mut dup,
-    }
-    .deserialize(&mut de)
-    .map_err(|e| syntax(e, dup.clone()))?;
+        dup: None,
+    };
+    let value = StrictSeed { ctx: &mut ctx }
+        .deserialize(&mut de)
+        .map_err(|e| syntax(e, ctx.dup.clone()))?;
     de.end().map_err(|e| syntax(e, None))?;
     Ok(value)
+}
+
+/// The path being read (a stack, so no path is built unless a duplicate is found).
+struct Ctx {
+    path: JsonPath,
+    dup: Option<JsonPath>,
 }
 
 fn syntax(e: serde_json::Error, dup: Option<JsonPath>) -> SyntaxError {
@@ -65,8 +71,7 @@ fn syntax(e: serde_json::Error, dup: Option<JsonPath>) -> SyntaxError {
 }
 
 struct StrictSeed<'a> {
-    path: JsonPath,
-    dup: &'a mut Option<JsonPath>,
+    ctx: &'a mut Ctx,
 }
 
 impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
@@ -110,27 +115,31 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(StrictSeed {
-            path: self.path.index(out.len()),
-            dup: self.dup,
-        })? {
-            out.push(v);
+        loop {
+            self.ctx.path.push_index(out.len());
+            let next = seq.next_element_seed(StrictSeed {
+                ctx: &mut *self.ctx,
+            });
+            self.ctx.path.pop();
+            match next? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
         }
-        Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = self.path.key(&key);
+            self.ctx.path.push_key(&key);
             if out.contains_key(&key) {
-                *self.dup = Some(path);
+                self.ctx.dup = Some(self.ctx.path.clone());
                 return Err(de::Error::custom("duplicate key"));
             }
             let v = map.next_value_seed(StrictSeed {
-                path,
-                dup: self.dup,
-            })?;
-            out.insert(key, v);
+                ctx: &mut *self.ctx,
+            });
+            self.ctx.path.pop();
+            out.insert(key, v?);
         }
         Ok(Value::Object(out))
     }

@@ -25,6 +25,15 @@ impl JsonPath {
         v.push(Segment::Index(i));
         Self(v)
     }
+    pub(crate) fn push_key(&mut self, k: &str) {
+        self.0.push(Segment::Key(k.to_owned()));
+    }
+    pub(crate) fn push_index(&mut self, i: usize) {
+        self.0.push(Segment::Index(i));
+    }
+    pub(crate) fn pop(&mut self) {
+        self.0.pop();
+    }
     pub fn depth(&self) -> usize {
         self.0.len()
     }

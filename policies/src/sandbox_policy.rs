@@ -91,7 +91,7 @@ pub struct PolicyUi {
 /// fields only from 0.8).
 pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError> {
     let root = JsonPath::root();
-    let p: SandboxPolicy = crate::document::typed_at(value.clone(), &root)?;
+    let p: SandboxPolicy = crate::document::typed_at(value, &root)?;
     let version = match p.version.as_deref() {
         None | Some("") => {
             return Err(PolicyError::one(

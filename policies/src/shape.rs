@@ -72,10 +72,12 @@ pub fn check_no_null_outside_comment(v: &Value, path: &JsonPath, errs: &mut Vec<
 /// MXC's serde-derived readers also accept a JSON array positionally in place of any object (a
 /// quirk MXC's own tests call out of scope). agentcell refuses it: an object is spelled as one.
 pub fn check_objects_not_arrays(v: &Value, path: &JsonPath, errs: &mut Vec<Violation>) {
-    walk(v, path, false, errs);
+    let mut stack = path.clone();
+    walk(v, &mut stack, false, errs);
 }
 
-fn walk(v: &Value, path: &JsonPath, is_list: bool, errs: &mut Vec<Violation>) {
+/// `path` is a stack (pushed and popped around children) so no path is built unless reported.
+fn walk(v: &Value, path: &mut JsonPath, is_list: bool, errs: &mut Vec<Violation>) {
     match v {
         Value::Array(_) if !is_list => {
             errs.push(Violation::new(
@@ -85,12 +87,14 @@ fn walk(v: &Value, path: &JsonPath, is_list: bool, errs: &mut Vec<Violation>) {
         }
         Value::Array(a) => {
             for (i, x) in a.iter().enumerate() {
-                walk(x, &path.index(i), false, errs);
+                path.push_index(i);
+                walk(x, path, false, errs);
+                path.pop();
             }
         }
         Value::Object(o) => {
             let in_experimental =
-                path.last_key().as_deref() == Some("experimental") && path.depth() == 1;
+                path.depth() == 1 && path.last_key().as_deref() == Some("experimental");
             for (k, x) in o {
                 if path.is_root() && k == "_comment" {
                     continue;
@@ -98,7 +102,9 @@ fn walk(v: &Value, path: &JsonPath, is_list: bool, errs: &mut Vec<Violation>) {
                 if in_experimental && !KNOWN_EXPERIMENTAL.contains(&k.as_str()) {
                     continue;
                 }
-                walk(x, &path.key(k), LIST_KEYS.contains(&k.as_str()), errs);
+                path.push_key(k);
+                walk(x, path, LIST_KEYS.contains(&k.as_str()), errs);
+                path.pop();
             }
         }
         _ => {}

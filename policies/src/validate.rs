@@ -315,17 +315,17 @@ fn check_filesystem(cfg: &ContainerConfig, errs: &mut Errs, notes: &mut Vec<Note
     ];
     for (name, list) in lists {
         for (i, p) in list.iter().enumerate() {
-            let path = root().key("filesystem").key(name).index(i);
+            let path = || root().key("filesystem").key(name).index(i);
             if p.trim().is_empty() {
-                errs.push(Violation::new(path, "filesystem path is empty"));
+                errs.push(Violation::new(path(), "filesystem path is empty"));
             } else if p.contains('\0') {
                 errs.push(Violation::new(
-                    path,
+                    path(),
                     "filesystem path contains an embedded NUL character",
                 ));
             } else if p.contains('"') {
                 errs.push(Violation::new(
-                    path,
+                    path(),
                     format!("filesystem path {p:?} contains the invalid character '\"'"),
                 ));
             }
@@ -342,16 +342,16 @@ fn check_filesystem(cfg: &ContainerConfig, errs: &mut Errs, notes: &mut Vec<Note
         ..Default::default()
     };
     for (i, p) in rw.iter().enumerate() {
-        let path = root().key("filesystem").key("readwritePaths").index(i);
+        let path = || root().key("filesystem").key("readwritePaths").index(i);
         if dset.contains(p) {
             notes.push(Note::new(
-                path,
+                path(),
                 format!(
                     "{p:?} is also in deniedPaths; applying the most restrictive intent (denied)"
                 ),
             ));
         } else if roset.contains(p) {
-            notes.push(Note::new(path, format!("{p:?} is also in readonlyPaths; applying the most restrictive intent (readonly)")));
+            notes.push(Note::new(path(), format!("{p:?} is also in readonlyPaths; applying the most restrictive intent (readonly)")));
         } else {
             out.readwrite.push(p.clone());
         }
@@ -637,12 +637,12 @@ fn rule(r: &crate::model::Rule, path: &JsonPath, errs: &mut Errs) -> Option<Rule
     }
     let mut to = Vec::new();
     for (j, peer) in r.to.iter().flatten().enumerate() {
-        let pp = path.key("to").index(j);
+        let pp = || path.key("to").index(j);
         let cidr = match netspec::parse_cidr_strict(&peer.cidr) {
             Ok(c) => c,
             Err(m) => {
                 errs.push(Violation::new(
-                    pp.key("cidr"),
+                    pp().key("cidr"),
                     format!("{:?} is not a valid network CIDR: {m}", peer.cidr),
                 ));
                 continue;
@@ -650,10 +650,10 @@ fn rule(r: &crate::model::Rule, path: &JsonPath, errs: &mut Errs) -> Option<Rule
         };
         let mut except = Vec::new();
         for (k, e) in peer.except.iter().flatten().enumerate() {
-            let ep = pp.key("except").index(k);
+            let ep = || pp().key("except").index(k);
             match netspec::parse_cidr_strict(e) {
                 Err(m) => errs.push(Violation::new(
-                    ep,
+                    ep(),
                     format!("{e:?} is not a valid network CIDR: {m}"),
                 )),
                 Ok(x) if !netspec::contains(&cidr, &x) => {
@@ -662,7 +662,10 @@ fn rule(r: &crate::model::Rule, path: &JsonPath, errs: &mut Errs) -> Option<Rule
                     } else {
                         ""
                     };
-                    errs.push(Violation::new(ep, format!("{x} is not inside {cidr}{why}")));
+                    errs.push(Violation::new(
+                        ep(),
+                        format!("{x} is not inside {cidr}{why}"),
+                    ));
                 }
                 Ok(x) => except.push(x),
             }
@@ -671,31 +674,31 @@ fn rule(r: &crate::model::Rule, path: &JsonPath, errs: &mut Errs) -> Option<Rule
     }
     let mut ports = Vec::new();
     for (j, p) in r.ports.iter().flatten().enumerate() {
-        let pp = path.key("ports").index(j);
+        let pp = || path.key("ports").index(j);
         let protocol = p.protocol.unwrap_or(Protocol::Any);
         if p.port == Some(0) {
             errs.push(Violation::new(
-                pp.key("port"),
+                pp().key("port"),
                 "must be between 1 and 65535",
             ));
             continue;
         }
         if p.end_port == Some(0) {
             errs.push(Violation::new(
-                pp.key("endPort"),
+                pp().key("endPort"),
                 "must be between 1 and 65535",
             ));
             continue;
         }
         match (p.port, p.end_port) {
-            (None, Some(_)) => errs.push(Violation::new(pp.key("endPort"), "requires port")),
+            (None, Some(_)) => errs.push(Violation::new(pp().key("endPort"), "requires port")),
             (Some(a), Some(b)) if b < a => errs.push(Violation::new(
-                pp.key("endPort"),
+                pp().key("endPort"),
                 format!("{b} must be greater than or equal to port {a}"),
             )),
             _ if protocol == Protocol::Icmp && (p.port.is_some() || p.end_port.is_some()) => errs
                 .push(Violation::new(
-                    pp,
+                    pp(),
                     "cannot specify port or endPort for protocol 'icmp'",
                 )),
             (a, b) => ports.push(PortSpec {

@@ -130,11 +130,11 @@ pub fn build(lists: &FsLists, root: RootSource, errs: &mut Vec<Violation>) -> Fs
         ("deniedPaths", &lists.denied, Access::Denied),
     ] {
         for (i, raw) in list.iter().enumerate() {
-            let origin = fsp.key(name).index(i);
+            let origin = || fsp.key(name).index(i);
             let path = match normalize(raw) {
                 Ok(p) => p,
                 Err(m) => {
-                    errs.push(Violation::new(origin, m));
+                    errs.push(Violation::new(origin(), m));
                     continue;
                 }
             };
@@ -144,15 +144,12 @@ pub fn build(lists: &FsLists, root: RootSource, errs: &mut Vec<Violation>) -> Fs
                 origins: vec![],
             });
             e.access = e.access.max(access);
-            e.origins.push(origin.to_string());
+            e.origins.push(format!("filesystem.{name}[{i}]"));
         }
     }
+    // `by_path` yields paths in order; a stable sort by depth keeps that order within a depth.
     let mut entries: Vec<FsEntry> = by_path.into_values().collect();
-    entries.sort_by(|a, b| {
-        depth(&a.path)
-            .cmp(&depth(&b.path))
-            .then_with(|| a.path.cmp(&b.path))
-    });
+    entries.sort_by_cached_key(|e| depth(&e.path));
     let baseline = match root {
         RootSource::HostBaseline => BASELINE.iter().map(|s| s.to_string()).collect(),
         RootSource::Rootfs { .. } => Vec::new(),

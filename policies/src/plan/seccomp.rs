@@ -14,16 +14,16 @@ const AF_VSOCK: u64 = 40;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LinuxSeccomp {
-    pub default_action: String,
-    pub architectures: Vec<String>,
+    pub default_action: &'static str,
+    pub architectures: Vec<&'static str>,
     pub syscalls: Vec<SyscallRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyscallRule {
-    pub names: Vec<String>,
-    pub action: String,
+    pub names: Vec<&'static str>,
+    pub action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errno_ret: Option<u32>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -40,38 +40,50 @@ pub struct SyscallArg {
     pub value: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_two: Option<u64>,
-    pub op: String,
+    pub op: &'static str,
 }
 
-fn errno(names: &[&str], errno: u32, why: &'static str) -> SyscallRule {
+fn errno(names: &[&'static str], errno: u32, why: &'static str) -> SyscallRule {
     SyscallRule {
-        names: names.iter().map(|s| s.to_string()).collect(),
-        action: "SCMP_ACT_ERRNO".into(),
+        names: names.to_vec(),
+        action: "SCMP_ACT_ERRNO",
         errno_ret: Some(errno),
         args: vec![],
         why,
     }
 }
 
-fn masked(name: &str, index: u32, mask: u64, errno_ret: u32, why: &'static str) -> SyscallRule {
+fn masked(
+    name: &'static str,
+    index: u32,
+    mask: u64,
+    errno_ret: u32,
+    why: &'static str,
+) -> SyscallRule {
     SyscallRule {
         args: vec![SyscallArg {
             index,
             value: mask,
             value_two: Some(mask),
-            op: "SCMP_CMP_MASKED_EQ".into(),
+            op: "SCMP_CMP_MASKED_EQ",
         }],
         ..errno(&[name], errno_ret, why)
     }
 }
 
-fn equal(name: &str, index: u32, value: u64, errno_ret: u32, why: &'static str) -> SyscallRule {
+fn equal(
+    name: &'static str,
+    index: u32,
+    value: u64,
+    errno_ret: u32,
+    why: &'static str,
+) -> SyscallRule {
     SyscallRule {
         args: vec![SyscallArg {
             index,
             value,
             value_two: None,
-            op: "SCMP_CMP_EQ".into(),
+            op: "SCMP_CMP_EQ",
         }],
         ..errno(&[name], errno_ret, why)
     }
@@ -173,8 +185,8 @@ pub fn default_profile(arch: &str) -> LinuxSeccomp {
         ),
     ];
     LinuxSeccomp {
-        default_action: "SCMP_ACT_ALLOW".into(),
-        architectures: architectures.into_iter().map(String::from).collect(),
+        default_action: "SCMP_ACT_ALLOW",
+        architectures,
         syscalls,
     }
 }
@@ -189,7 +201,7 @@ mod tests {
         let names: Vec<&str> = p
             .syscalls
             .iter()
-            .flat_map(|r| r.names.iter().map(String::as_str))
+            .flat_map(|r| r.names.iter().copied())
             .collect();
         for must in [
             "ptrace",

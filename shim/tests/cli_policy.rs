@@ -1,0 +1,198 @@
+//! The `agentcell policy` CLI as a user runs it: exit codes, `FILE: PATH: message` errors, JSON.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn agentcell(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_agentcell"))
+        .args(args)
+        .output()
+        .expect("run agentcell")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("agentcell-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn check_reports_each_error_with_file_and_json_path() {
+    let d = tmpdir("check");
+    let good = write(
+        &d,
+        "good.json",
+        r#"{"version":"0.8.0-alpha","process":{"commandLine":"true"}}"#,
+    );
+    let bad = write(
+        &d,
+        "bad.json",
+        r#"{"version":"0.8.0-alpha","process":{"commandLine":"true"},
+            "network":{"egress":{"allow":[{"to":[{"cidr":"10.2.0.0/16"},{"cidr":"10.0.0.0/16","except":["10.1.0.0/16"]}]}]}}}"#,
+    );
+    let out = agentcell(&[
+        "policy",
+        "check",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: network.egress.allow[0].to[1].except[0]: 10.1.0.0/16 is not inside 10.0.0.0/16",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{}: ok", good.display())));
+
+    let out = agentcell(&["policy", "check", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn check_json_gives_one_object_per_file() {
+    let d = tmpdir("json");
+    let bad = write(
+        &d,
+        "dup.json",
+        r#"{"version":"0.8.0-alpha","process":{"commandLine":"a","commandLine":"b"}}"#,
+    );
+    let out = agentcell(&[
+        "policy",
+        "check",
+        "--json",
+        "preset:offline",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["valid"], true);
+    assert!(
+        lines[0]["document"]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert_eq!(lines[1]["valid"], false);
+    assert_eq!(lines[1]["errors"][0]["path"], "process.commandLine");
+    assert!(
+        lines[1]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate")
+    );
+}
+
+#[test]
+fn contract_mode_applies_the_published_contract() {
+    let d = tmpdir("contract");
+    // MXC's runtime keeps `experimental` open; the 0.7 contract does not.
+    let f = write(
+        &d,
+        "exp.json",
+        r#"{"version":"0.7.0-alpha","process":{"commandLine":"x"},"experimental":{"test":{}}}"#,
+    );
+    assert_eq!(
+        agentcell(&["policy", "check", f.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = agentcell(&["policy", "check", "--contract", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(": experimental: "));
+}
+
+#[test]
+fn explain_json_is_the_plan_and_digest_ignores_spelling() {
+    let out = agentcell(&[
+        "policy",
+        "explain",
+        "--json",
+        "--host",
+        "reference",
+        "preset:coding-agent",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["network"]["egressDefault"], "drop");
+    assert!(
+        plan["filesystem"]["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/workspace/.env" && e["access"] == "denied")
+    );
+
+    let d = tmpdir("digest");
+    let a = write(
+        &d,
+        "a.json",
+        r#"{"version":"0.8.0-alpha","filesystem":{"readonlyPaths":["/a","/b"]},"timeoutMs":5}"#,
+    );
+    let b = write(
+        &d,
+        "b.json",
+        "{ \"timeoutMs\": 5,\n  \"filesystem\": { \"readonlyPaths\": [\"/b\", \"/a\"] },\n  \"version\": \"0.8.0-alpha\" }\n",
+    );
+    let da = agentcell(&["policy", "digest", a.to_str().unwrap()]);
+    let db = agentcell(&["policy", "digest", b.to_str().unwrap()]);
+    assert_eq!(da.status.code(), Some(0));
+    assert_eq!(da.stdout, db.stdout);
+    assert!(String::from_utf8_lossy(&da.stdout).starts_with("sha256:"));
+}
+
+#[test]
+fn explain_refuses_what_linux_cannot_run() {
+    let d = tmpdir("explain");
+    let f = write(
+        &d,
+        "mac.json",
+        r#"{"version":"0.8.0-alpha","containment":"seatbelt","process":{"commandLine":"x"}}"#,
+    );
+    let out = agentcell(&[
+        "policy",
+        "explain",
+        "--host",
+        "reference",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("containment: 'seatbelt' is a Windows or macOS backend")
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let out = agentcell(&["--version"]);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("agentcell "));
+    for args in [
+        &["--help"][..],
+        &["policy", "--help"],
+        &["policy", "check", "--help"],
+        &["policy", "explain", "--help"],
+    ] {
+        let out = agentcell(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"));
+    }
+}
