@@ -86,7 +86,7 @@ proptest! {
     fn canonical_is_stable(ro in prop::collection::vec("/[a-z]{1,6}", 0..4), rw in prop::collection::vec("/[a-z]{1,6}", 0..4),
                            timeout in 0u32..100_000, pad in "[ \n\t]{0,3}", reverse in any::<bool>()) {
         let fsobj = serde_json::json!({"readonlyPaths": ro, "readwritePaths": rw});
-        let mut fields = vec![
+        let mut fields = [
             ("version".to_string(), serde_json::json!("0.8.0-alpha")),
             ("process".to_string(), serde_json::json!({"commandLine": "true", "timeout": timeout})),
             ("filesystem".to_string(), fsobj),
