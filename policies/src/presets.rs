@@ -9,7 +9,7 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     ),
     (
         "offline",
-        "No network at all; workspace read-write, nothing else writable.",
+        "No network at all; only the workspace (and a private /tmp) writable.",
         include_str!("../presets/offline.json"),
     ),
     (
@@ -19,7 +19,7 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     ),
     (
         "untrusted-code",
-        "Tightest: one scratch dir, no network, short timeout, secrets and toolchain caches denied.",
+        "Tightest: one scratch dir, no network, 60 s limit, account and SSH secrets in /etc denied.",
         include_str!("../presets/untrusted-code.json"),
     ),
 ];
