@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository: formatting, clippy, then the whole workspace's
-# tests (unit, conformance against ../shared/mxc-conformance, property tests, root-only suites).
+# tests (unit, conformance against ../shared/mxc-conformance, property, CLI, and root-only suites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +9,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

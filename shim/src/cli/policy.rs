@@ -214,9 +214,7 @@ fn check(files: &[String], use_contract: bool, read: &ReadArgs, json: bool) -> E
                         .collect();
                     println!("{}", json!({"file": file, "valid": false, "errors": errs}));
                 }
-                for v in violations {
-                    eprintln!("{file}: {}: {}", v.path, v.message);
-                }
+                print_violations(file, &violations);
             }
         }
     }
@@ -224,6 +222,13 @@ fn check(files: &[String], use_contract: bool, read: &ReadArgs, json: bool) -> E
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_INVALID)
+    }
+}
+
+/// Each violation on stderr as `FILE: JSON.PATH: message`.
+fn print_violations(file: &str, violations: &[agentcell_policy::Violation]) {
+    for v in violations {
+        eprintln!("{file}: {}: {}", v.path, v.message);
     }
 }
 
@@ -254,9 +259,7 @@ fn explain(
     let doc = match agentcell_policy::parse_with(&text, &read.options()) {
         Ok(d) => d,
         Err(e) => {
-            for v in e.violations() {
-                eprintln!("{file}: {}: {}", v.path, v.message);
-            }
+            print_violations(file, &e.violations());
             return ExitCode::from(EXIT_INVALID);
         }
     };
@@ -278,11 +281,7 @@ fn explain(
         }
         Err(e) => {
             match &e {
-                PlanError::Unsupported(v) => {
-                    for v in v {
-                        eprintln!("{file}: {}: {}", v.path, v.message);
-                    }
-                }
+                PlanError::Unsupported(v) => print_violations(file, v),
                 PlanError::Unenforceable(items) => {
                     eprintln!(
                         "{file}: not fully enforceable on this host (--best-effort accepts and reports):"
@@ -317,9 +316,7 @@ fn digest(file: &str, read: &ReadArgs, show_canonical: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            for v in e.violations() {
-                eprintln!("{file}: {}: {}", v.path, v.message);
-            }
+            print_violations(file, &e.violations());
             ExitCode::from(EXIT_INVALID)
         }
     }
