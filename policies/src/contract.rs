@@ -164,7 +164,6 @@ pub fn check_value_as(
 
     let mut errs = Vec::new();
     shape::check_no_null_outside_comment(value, &root, &mut errs);
-    shape::check_objects_not_arrays(value, &root, &mut errs);
     if !errs.is_empty() {
         return Err(PolicyError::Invalid(errs));
     }
@@ -218,6 +217,10 @@ pub fn check_value_as(
     }
     let cfg: ContainerConfig = crate::document::typed_at(&Value::Object(stripped), &root)?;
 
+    shape::check_objects_not_arrays(value, &root, &mut errs);
+    if !errs.is_empty() {
+        return Err(PolicyError::Invalid(errs));
+    }
     if let Some(Value::String(c)) = obj.get("containment") {
         let mut ok: Vec<&str> = CONTAINMENT_06.to_vec();
         if version >= ContractVersion::V0_7 {

@@ -139,19 +139,26 @@ pub fn parse_value(value: Value, opts: &ParseOptions) -> Result<Document, Policy
             ),
         ));
     }
-    let mut errs = Vec::new();
-    shape::check_objects_not_arrays(&value, &root, &mut errs);
-    if !errs.is_empty() {
-        return Err(PolicyError::Invalid(errs));
-    }
     let kind = opts.kind.unwrap_or_else(|| detect_kind(&value));
+    // Typed first (unknown fields, types), then the shape walk for what serde lets through.
+    let not_arrays = |value: &Value| {
+        let mut errs = Vec::new();
+        shape::check_objects_not_arrays(value, &root, &mut errs);
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(PolicyError::Invalid(errs))
+        }
+    };
     let doc = match kind {
         DocumentKind::ContainerConfig => {
             let cfg: ContainerConfig = typed_at(&value, &root)?;
+            not_arrays(&value)?;
             validate::runtime(cfg, &value, kind, opts)?
         }
         DocumentKind::SandboxPolicy => {
             let cfg = sandbox_policy::to_container_config(&value)?;
+            not_arrays(&value)?;
             let raw = serde_json::to_value(&cfg).expect("model serializes");
             let opts = ParseOptions {
                 require_command: false,
