@@ -2,6 +2,7 @@
 
 mod cli;
 mod host;
+mod sandbox;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,15 @@ enum Command {
     /// Validate, explain and fingerprint MXC policy documents.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// Run an MXC ContainerConfig as MXC's executors do (`process.commandLine` via /bin/sh -c).
+    ///
+    /// Exit code: the workload's own; 128+N when killed by signal N; 124 on timeout; 125 when the
+    /// configuration is rejected or the sandbox cannot be built (the field and reason on stderr).
+    Exec(cli::run::ExecArgs),
+    /// Run a command confined by a policy (a SandboxPolicy or a ContainerConfig).
+    ///
+    /// Exit codes as for `exec`.
+    Run(cli::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +50,13 @@ fn main() -> ExitCode {
     init_logging(cli.log.as_deref());
     match cli.command {
         Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Exec(args) => code(cli::run::exec(args)),
+        Command::Run(args) => code(cli::run::run(args)),
     }
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(c.clamp(0, 255) as u8)
 }
 
 fn init_logging(filter: Option<&str>) {
@@ -48,7 +64,7 @@ fn init_logging(filter: Option<&str>) {
     let filter = filter
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("AGENTCELL_LOG").ok())
-        .unwrap_or_else(|| EnvFilter::new("warn"));
+        .unwrap_or_else(|| EnvFilter::new("warn,libcgroups=error,libcontainer=error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

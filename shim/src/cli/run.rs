@@ -1,0 +1,219 @@
+//! `agentcell exec CONFIG.json` and `agentcell run --policy P -- CMD`: run a workload confined by
+//! an MXC document on this host.
+
+use std::path::PathBuf;
+
+use agentcell_policy::plan::{CompileOptions, PlanError, Status};
+use agentcell_policy::{ParseOptions, Plan};
+use clap::Args;
+use serde_json::json;
+
+use crate::sandbox::runner::{self, RunRequest};
+
+/// Exit code when the configuration is rejected or the sandbox cannot be built.
+pub const EXIT_REJECTED: i32 = 125;
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// An MXC ContainerConfig; `process.commandLine` runs through `/bin/sh -c` as MXC's
+    /// executors run it.
+    #[arg(value_name = "CONFIG")]
+    pub config: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The policy: an MXC SandboxPolicy or ContainerConfig (path, `-` or `preset:NAME`).
+    #[arg(long, value_name = "POLICY")]
+    pub policy: String,
+    /// The command and its arguments (a ContainerConfig's commandLine is ignored).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Start the view from this root filesystem directory (an image) instead of the host baseline.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Accept a partial enforcement; every missing right is reported on stderr first.
+    #[arg(long)]
+    pub best_effort: bool,
+    /// Errors as one JSON object on stdout: {"error":{"field":…,"message":…}}.
+    #[arg(long)]
+    pub json: bool,
+    /// Maximum number of processes (cgroup pids.max).
+    #[arg(long, value_name = "N")]
+    pub pids_max: Option<u64>,
+    /// Memory limit in MiB (cgroup memory limit).
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<u64>,
+    /// Where sandbox state lives.
+    #[arg(long, value_name = "DIR", default_value = "/run/agentcell")]
+    pub state_dir: PathBuf,
+}
+
+pub fn exec(args: ExecArgs) -> i32 {
+    let opts = ParseOptions {
+        require_command: true,
+        ..ParseOptions::default()
+    };
+    match load(&args.config, &opts, &args.common) {
+        Ok(plan) => {
+            let cmd = plan.process.command_line.clone().unwrap_or_default();
+            go(
+                &plan,
+                vec!["/bin/sh".into(), "-c".into(), cmd],
+                &args.common,
+            )
+        }
+        Err(e) => reject(&e, args.common.json),
+    }
+}
+
+pub fn run(args: RunArgs) -> i32 {
+    let opts = ParseOptions {
+        require_command: false,
+        ..ParseOptions::default()
+    };
+    match load(&args.policy, &opts, &args.common) {
+        Ok(plan) => go(&plan, args.command.clone(), &args.common),
+        Err(e) => reject(&e, args.common.json),
+    }
+}
+
+/// A refusal: the field (JSON path or step) and why.
+struct Refusal {
+    field: String,
+    message: String,
+}
+
+fn load(source: &str, opts: &ParseOptions, common: &CommonArgs) -> Result<Plan, Vec<Refusal>> {
+    let text = super::policy::read_source(source).map_err(|e| {
+        vec![Refusal {
+            field: String::new(),
+            message: format!("{e:#}"),
+        }]
+    })?;
+    let doc = agentcell_policy::parse_with(&text, opts).map_err(|e| {
+        e.violations()
+            .into_iter()
+            .map(|v| Refusal {
+                field: v.path.to_string(),
+                message: v.message,
+            })
+            .collect::<Vec<_>>()
+    })?;
+    let host = crate::host::probe();
+    let copts = CompileOptions {
+        best_effort: common.best_effort,
+        rootfs: common.rootfs.as_ref().map(|p| p.display().to_string()),
+    };
+    let mut plan = agentcell_policy::compile(&doc, &host, &copts).map_err(|e| -> Vec<Refusal> {
+        match e {
+            PlanError::Unsupported(v) => v
+                .into_iter()
+                .map(|v| Refusal {
+                    field: v.path.to_string(),
+                    message: v.message,
+                })
+                .collect(),
+            PlanError::Unenforceable(items) => items
+                .into_iter()
+                .map(|i| Refusal {
+                    field: i.field,
+                    message: match i.status {
+                        Status::Weakened { reason } => {
+                            format!("{reason} (--best-effort accepts and reports)")
+                        }
+                        _ => String::new(),
+                    },
+                })
+                .collect(),
+        }
+    })?;
+    for w in plan.weakened() {
+        if let Status::Weakened { reason } = &w.status {
+            eprintln!("agentcell: best effort: {}: {reason}", w.field);
+        }
+    }
+    if let Some(n) = common.pids_max {
+        plan.process.pids_max = n;
+    }
+    if let Some(m) = common.memory_mib {
+        plan.process.memory_max = m << 20;
+    }
+    Ok(plan)
+}
+
+fn go(plan: &Plan, args: Vec<String>, common: &CommonArgs) -> i32 {
+    let id = format!(
+        "ac-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let req = RunRequest {
+        plan,
+        args,
+        id,
+        state_root: common.state_dir.clone(),
+        // SAFETY: getuid/getgid cannot fail.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+    };
+    match runner::run(&req) {
+        Ok((outcome, reports)) => {
+            for r in reports {
+                tracing::info!("{r}");
+            }
+            if outcome == runner::Outcome::TimedOut {
+                eprintln!(
+                    "agentcell: timed out after {} ms",
+                    plan.process.timeout_ms.unwrap_or(0)
+                );
+            }
+            outcome.exit_code()
+        }
+        Err(e) => reject(
+            &[Refusal {
+                field: step_field(&e),
+                message: e.to_string(),
+            }],
+            common.json,
+        ),
+    }
+}
+
+fn step_field(e: &runner::RunError) -> String {
+    match e {
+        runner::RunError::Network(_) => "network".into(),
+        runner::RunError::Prepare(_) => "filesystem".into(),
+        _ => "sandbox".into(),
+    }
+}
+
+fn reject(errs: &[Refusal], json: bool) -> i32 {
+    if json {
+        let first = errs.first();
+        println!(
+            "{}",
+            json!({"error": {"field": first.map(|r| r.field.as_str()).unwrap_or(""), "message": first.map(|r| r.message.as_str()).unwrap_or(""),
+                "all": errs.iter().map(|r| json!({"field": r.field, "message": r.message})).collect::<Vec<_>>()}})
+        );
+    }
+    for r in errs {
+        if r.field.is_empty() {
+            eprintln!("agentcell: {}", r.message);
+        } else {
+            eprintln!("agentcell: {}: {}", r.field, r.message);
+        }
+    }
+    EXIT_REJECTED
+}

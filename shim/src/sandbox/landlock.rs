@@ -1,0 +1,103 @@
+//! Landlock, applied by a libcontainer executor right before `exec` (after the mounts, the
+//! capability drop and seccomp, which lets `landlock_*` through).
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::PathBuf;
+
+use landlock::{
+    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+
+/// What the workload may reach, as paths inside the sandbox.
+#[derive(Debug, Clone)]
+pub struct LandlockRules {
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+    /// Device nodes: read, write and ioctl, nothing else.
+    pub devices: Vec<PathBuf>,
+    pub abi: ABI,
+    /// Accept a partial enforcement (the runner reports what was missing before starting).
+    pub best_effort: bool,
+}
+
+#[derive(Clone)]
+pub struct LandlockExecutor {
+    pub rules: LandlockRules,
+}
+
+impl LandlockRules {
+    fn apply(&self) -> Result<RulesetStatus, String> {
+        let abi = self.abi;
+        let level = if self.best_effort {
+            CompatLevel::BestEffort
+        } else {
+            CompatLevel::HardRequirement
+        };
+        let mut ruleset = Ruleset::default().set_compatibility(level);
+        ruleset = ruleset
+            .handle_access(AccessFs::from_all(abi))
+            .map_err(|e| e.to_string())?;
+        if abi >= ABI::V6 {
+            ruleset = ruleset
+                .scope(Scope::AbstractUnixSocket)
+                .map_err(|e| e.to_string())?;
+            ruleset = ruleset.scope(Scope::Signal).map_err(|e| e.to_string())?;
+        }
+        let mut created = ruleset.create().map_err(|e| e.to_string())?;
+        let device: BitFlags<AccessFs> =
+            AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev | AccessFs::Truncate;
+        let sets: [(&Vec<PathBuf>, BitFlags<AccessFs>); 3] = [
+            (&self.read, AccessFs::from_read(abi)),
+            (&self.write, AccessFs::from_all(abi)),
+            (&self.devices, device),
+        ];
+        for (paths, access) in sets {
+            for p in paths {
+                // A path absent from the view gets no rule: that grants less, never more.
+                let Ok(fd) = PathFd::new(p) else { continue };
+                let is_dir = std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_dir() || m.mode() & libc::S_IFMT == libc::S_IFDIR);
+                let access = if is_dir {
+                    access
+                } else {
+                    access & AccessFs::from_file(abi)
+                };
+                created = created
+                    .add_rule(PathBeneath::new(fd, access))
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+            }
+        }
+        let status = created.restrict_self().map_err(|e| e.to_string())?;
+        Ok(status.ruleset)
+    }
+}
+
+impl Executor for LandlockExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        match self.rules.apply() {
+            Ok(RulesetStatus::FullyEnforced) => {}
+            Ok(other) if self.rules.best_effort => {
+                tracing::warn!(status = ?other, "landlock only partially enforced (best effort)");
+            }
+            Ok(other) => {
+                return Err(ExecutorError::Other(format!(
+                    "landlock: ruleset {other:?}, not fully enforced"
+                )));
+            }
+            Err(e) => return Err(ExecutorError::Other(format!("landlock: {e}"))),
+        }
+        // The workload must not be PID 1 of its namespace: PID 1 ignores signals it has no
+        // handler for (so `kill -9 $$` would do nothing) and would have to reap orphans. This
+        // process stays PID 1, confined like the workload, reaps, forwards signals, and exits
+        // with the workload's status (128+N when it died of signal N).
+        super::init::run_as_init(|| DefaultExecutor {}.exec(spec))
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}

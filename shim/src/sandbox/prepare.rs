@@ -1,0 +1,245 @@
+//! Host-side preparation of a plan's filesystem view: resolve every policy path on the real host
+//! and turn the plan into concrete mounts. Aliases of a denied object (a symlink to it, a path
+//! through `..`, another policy path naming the same inode, a hard link under an allowed tree) are
+//! tightened to "denied"; allowed paths that do not exist are left out of the view (that grants
+//! less, never more) and reported.
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use agentcell_policy::plan::{Access, FsView};
+
+/// A mount in the order it is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mount {
+    /// Bind `source` at `target`, read-only or not.
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        readonly: bool,
+    },
+    /// `/dev/null` over a denied file.
+    MaskFile { target: PathBuf },
+    /// An empty read-only tmpfs over a denied directory (writable only to create mount points
+    /// for deeper allowed paths, then remounted read-only by the runtime).
+    MaskDir { target: PathBuf, size: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    pub mounts: Vec<Mount>,
+    /// Things the user should know (a missing allowed path, an alias tightened).
+    pub reports: Vec<String>,
+    /// Landlock rules (path inside the sandbox, read-write?) for what is really mounted.
+    pub landlock_paths: Vec<(PathBuf, bool)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(
+        "{path}: cannot be resolved ({source}); because deniedPaths are present, agentcell cannot verify it does not alias a denied object and refuses to start"
+    )]
+    Unresolvable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: the hard-link scan under {tree} stopped after {limit} entries; cannot prove no hard link of a denied file is reachable"
+    )]
+    ScanLimit {
+        path: String,
+        tree: String,
+        limit: usize,
+    },
+}
+
+/// How many inodes the hard-link scan may visit per allowed tree.
+pub const SCAN_LIMIT: usize = 200_000;
+
+/// One policy path resolved on the host.
+struct Resolved {
+    /// The path as the policy names it (normalised).
+    name: String,
+    /// Where it really is (symlinks and `..` followed).
+    real: PathBuf,
+    access: Access,
+    /// (device, inode) when it exists.
+    id: Option<(u64, u64)>,
+    is_dir: bool,
+}
+
+/// Resolves `view` on this host (paths are host paths: the view starts from the host baseline).
+pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
+    let mut out = Prepared::default();
+    let has_denied = view.entries.iter().any(|e| e.access == Access::Denied);
+
+    let mut resolved: Vec<Resolved> = Vec::new();
+    for e in &view.entries {
+        match std::fs::canonicalize(&e.path) {
+            Ok(real) => {
+                let md = std::fs::metadata(&real).ok();
+                if real != Path::new(&e.path) {
+                    out.reports
+                        .push(format!("{} resolves to {}", e.path, real.display()));
+                }
+                resolved.push(Resolved {
+                    name: e.path.clone(),
+                    id: md.as_ref().map(|m| (m.dev(), m.ino())),
+                    is_dir: md.as_ref().is_some_and(|m| m.is_dir()),
+                    real,
+                    access: e.access,
+                });
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // A denied path that does not exist is still masked (nothing may appear there).
+                resolved.push(Resolved {
+                    name: e.path.clone(),
+                    real: PathBuf::from(&e.path),
+                    access: e.access,
+                    id: None,
+                    is_dir: true,
+                });
+            }
+            Err(err) if has_denied => {
+                return Err(PrepareError::Unresolvable {
+                    path: e.path.clone(),
+                    source: err,
+                });
+            }
+            Err(err) => out
+                .reports
+                .push(format!("{}: left out of the view ({err})", e.path)),
+        }
+    }
+
+    // Same object named twice: the strictest intent wins for every name.
+    let mut strictest: BTreeMap<(u64, u64), Access> = BTreeMap::new();
+    for r in &resolved {
+        if let Some(id) = r.id {
+            let s = strictest.entry(id).or_insert(r.access);
+            *s = (*s).max(r.access);
+        }
+    }
+    for r in resolved.iter_mut() {
+        if let Some(s) = r.id.and_then(|id| strictest.get(&id))
+            && *s > r.access
+        {
+            out.reports.push(format!(
+                "{} names the same object as a stricter entry; now {}",
+                r.name,
+                s.as_str()
+            ));
+            r.access = *s;
+        }
+    }
+
+    // Hard links of denied files reachable under allowed trees are denied too.
+    let denied_files: HashSet<(u64, u64)> = resolved
+        .iter()
+        .filter(|r| r.access == Access::Denied && !r.is_dir)
+        .filter(|r| std::fs::metadata(&r.real).is_ok_and(|m| m.nlink() > 1))
+        .filter_map(|r| r.id)
+        .collect();
+    let mut extra = Vec::new();
+    if !denied_files.is_empty() {
+        for r in resolved
+            .iter()
+            .filter(|r| r.access != Access::Denied && r.is_dir)
+        {
+            scan_hard_links(&r.real, &denied_files, &mut extra).map_err(|limit| {
+                PrepareError::ScanLimit {
+                    path: r.name.clone(),
+                    tree: r.real.display().to_string(),
+                    limit,
+                }
+            })?;
+        }
+    }
+
+    // Allowed paths appear where the policy names them; a denied object is masked where it
+    // really is, so every alias of it (a symlink, a path through `..`) reaches the mask.
+    let mut mounts: Vec<(PathBuf, Resolved)> = resolved
+        .into_iter()
+        .map(|r| {
+            (
+                if r.access == Access::Denied {
+                    r.real.clone()
+                } else {
+                    PathBuf::from(&r.name)
+                },
+                r,
+            )
+        })
+        .collect();
+    for p in extra {
+        out.reports.push(format!(
+            "{} is a hard link of a denied file; masked",
+            p.display()
+        ));
+        mounts.push((
+            p.clone(),
+            Resolved {
+                name: p.display().to_string(),
+                real: p,
+                access: Access::Denied,
+                id: None,
+                is_dir: false,
+            },
+        ));
+    }
+    // Shallow to deep by the path the sandbox sees.
+    mounts.sort_by_cached_key(|(target, _)| target.components().count());
+    for (target, r) in mounts {
+        match r.access {
+            Access::Denied if r.is_dir => out.mounts.push(Mount::MaskDir {
+                target,
+                size: view.denied_dir_tmpfs_size.clone(),
+            }),
+            Access::Denied => out.mounts.push(Mount::MaskFile { target }),
+            a => {
+                if !r.real.exists() {
+                    out.reports
+                        .push(format!("{}: does not exist; left out of the view", r.name));
+                    continue;
+                }
+                out.landlock_paths
+                    .push((target.clone(), a == Access::ReadWrite));
+                out.mounts.push(Mount::Bind {
+                    source: r.real,
+                    target,
+                    readonly: a == Access::ReadOnly,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every path under `tree` whose inode is one of `targets` (does not follow symlinks).
+fn scan_hard_links(
+    tree: &Path,
+    targets: &HashSet<(u64, u64)>,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), usize> {
+    let mut stack = vec![tree.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            seen += 1;
+            if seen > SCAN_LIMIT {
+                return Err(SCAN_LIMIT);
+            }
+            let Ok(md) = entry.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(entry.path());
+            } else if md.is_file() && md.nlink() > 1 && targets.contains(&(md.dev(), md.ino())) {
+                out.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! Runs one plan with youki's libcontainer: bundle on disk, container start, wait with the
+//! deadline, kill the whole cgroup on timeout, clean up. Blocking and forking: call it from a
+//! plain thread, never from an async runtime worker.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agentcell_policy::Plan;
+use landlock::ABI;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::landlock::{LandlockExecutor, LandlockRules};
+use super::prepare::{self, PrepareError};
+use super::spec::{self, SpecInput};
+
+/// How a sandboxed workload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+}
+
+impl Outcome {
+    /// The CLI's exit code: the workload's own, 128+N for signal N, 124 on timeout.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Exited(c) => c,
+            Self::Signaled(s) => 128 + s,
+            Self::TimedOut => 124,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("preparing the filesystem view: {0}")]
+    Prepare(#[from] PrepareError),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("{step}: {source}")]
+    Io {
+        step: String,
+        source: std::io::Error,
+    },
+    #[error("building the OCI spec: {0}")]
+    Spec(#[from] serde_json::Error),
+    #[error("{step}: {message}")]
+    Container { step: &'static str, message: String },
+}
+
+pub struct RunRequest<'a> {
+    pub plan: &'a Plan,
+    /// argv of the workload.
+    pub args: Vec<String>,
+    /// Unique sandbox id (names the state directory and the cgroup).
+    pub id: String,
+    /// Where sandboxes keep their state (bundle, rootfs, libcontainer state).
+    pub state_root: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Runs the workload to completion under the plan.
+pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
+    let plan = req.plan;
+    if plan.network.needs_uplink {
+        // Fail closed until the namespace fence exists: a workload never starts less confined.
+        return Err(RunError::Network(
+            "this policy allows traffic out of the sandbox, which needs the nftables network fence; this build only runs policies without egress (no uplink)".into(),
+        ));
+    }
+    let prepared = prepare::prepare(&plan.filesystem)?;
+    let dir = req.state_root.join(&req.id);
+    let rootfs = dir.join("rootfs");
+    let bundle = dir.join("bundle");
+    for d in [&rootfs, &bundle] {
+        std::fs::create_dir_all(d).map_err(|source| RunError::Io {
+            step: format!("creating {}", d.display()),
+            source,
+        })?;
+    }
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let input = SpecInput {
+        plan,
+        prepared: &prepared,
+        rootfs: &rootfs,
+        args: req.args.clone(),
+        cgroups_path: format!("/agentcell/{}", req.id),
+        uid: req.uid,
+        gid: req.gid,
+    };
+    // Read back through oci_spec first: a malformed spec fails here, not inside the runtime.
+    let spec = spec::build(&input)?;
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec)?,
+    )
+    .map_err(|source| RunError::Io {
+        step: "writing config.json".into(),
+        source,
+    })?;
+
+    let rules = landlock_rules(plan, &prepared);
+    let containers = dir.join("state");
+    let err = |step: &'static str| {
+        move |e: libcontainer::error::LibcontainerError| RunError::Container {
+            step,
+            message: e.to_string(),
+        }
+    };
+    let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
+        .with_executor(LandlockExecutor { rules })
+        .with_root_path(&containers)
+        .map_err(err("state directory"))?
+        .validate_id()
+        .map_err(err("container id"))?
+        .as_init(&bundle)
+        .with_systemd(false)
+        .with_detach(false)
+        .build()
+        .map_err(err("creating the container"))?;
+    let started = Instant::now();
+    let outcome = (|| {
+        container.start().map_err(err("starting the container"))?;
+        let pid = container.pid().ok_or(RunError::Container {
+            step: "starting the container",
+            message: "no init pid".into(),
+        })?;
+        let deadline = plan
+            .process
+            .timeout_ms
+            .map(|ms| started + Duration::from_millis(ms));
+        wait(pid, deadline, &mut || {
+            // Kill every process of the sandbox's cgroup, background children included.
+            if let Err(e) = container.kill(Signal::SIGKILL, true) {
+                tracing::warn!(error = %e, "killing the sandbox at its deadline");
+            }
+        })
+    })();
+    if let Err(e) = container.delete(true) {
+        tracing::warn!(error = %e, id = %req.id, "deleting the container");
+    }
+    Ok((outcome?, prepared.reports))
+}
+
+fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRules {
+    let mut read: Vec<PathBuf> = plan.filesystem.baseline.iter().map(PathBuf::from).collect();
+    if let agentcell_policy::plan::RootSource::Rootfs { .. } = plan.filesystem.root {
+        read.push("/".into());
+    }
+    read.push("/proc".into());
+    let mut write = vec![PathBuf::from("/tmp"), "/dev/shm".into()];
+    for (p, rw) in &prepared.landlock_paths {
+        if *rw {
+            write.push(p.clone())
+        } else {
+            read.push(p.clone())
+        }
+    }
+    let devices = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/pts",
+        "/dev/ptmx",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    LandlockRules {
+        read,
+        write,
+        devices,
+        abi: ABI::from(plan.landlock.requested_abi as i32),
+        best_effort: plan.best_effort,
+    }
+}
+
+/// Waits for `pid` (a child of this process); at `deadline` calls `kill` once and keeps waiting.
+fn wait(pid: Pid, deadline: Option<Instant>, kill: &mut dyn FnMut()) -> Result<Outcome, RunError> {
+    // SAFETY: pidfd_open on our own child; the fd is closed below.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as i32;
+    if pidfd < 0 {
+        return Err(RunError::Io {
+            step: "pidfd_open".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let _fd = CloseOnDrop(pidfd);
+    let mut timed_out = false;
+    loop {
+        let timeout_ms = match deadline {
+            Some(d) if !timed_out => d
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(i32::MAX as u128) as i32,
+            _ => -1,
+        };
+        let mut pfd = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(RunError::Io {
+                step: "waiting for the workload".into(),
+                source: e,
+            });
+        }
+        if n == 0 {
+            timed_out = true;
+            kill();
+            continue;
+        }
+        let status = waitpid(pid, None).map_err(|e| RunError::Io {
+            step: "waitpid".into(),
+            source: e.into(),
+        })?;
+        return Ok(match (timed_out, status) {
+            (true, _) => Outcome::TimedOut,
+            (false, WaitStatus::Exited(_, c)) => Outcome::Exited(c),
+            (false, WaitStatus::Signaled(_, s, _)) => Outcome::Signaled(s as i32),
+            (false, other) => {
+                return Err(RunError::Container {
+                    step: "waiting for the workload",
+                    message: format!("unexpected status {other:?}"),
+                });
+            }
+        });
+    }
+}
+
+struct CloseOnDrop(i32);
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: we own the fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
+    }
+}
+
+fn remove_tree(p: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir_all(p)
+}

@@ -1,0 +1,193 @@
+//! The OCI runtime spec of a sandbox, built from the plan and the prepared mounts. Written as JSON
+//! (the OCI format itself) and read back through `oci_spec`, so it can be checked in unit tests.
+
+use std::path::Path;
+
+use agentcell_policy::Plan;
+use agentcell_policy::plan::RootSource;
+use libcontainer::oci_spec::runtime::Spec;
+use serde_json::{Value, json};
+
+use super::prepare::{Mount, Prepared};
+
+/// `/proc` entries hidden or read-only, as every OCI runtime does by default.
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+pub struct SpecInput<'a> {
+    pub plan: &'a Plan,
+    pub prepared: &'a Prepared,
+    /// The empty directory the new root is built on.
+    pub rootfs: &'a Path,
+    pub args: Vec<String>,
+    pub cgroups_path: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub fn build(input: &SpecInput) -> Result<Spec, serde_json::Error> {
+    serde_json::from_value(build_json(input))
+}
+
+pub fn build_json(input: &SpecInput) -> Value {
+    let plan = input.plan;
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+    ];
+    if let RootSource::HostBaseline = plan.filesystem.root {
+        for b in &plan.filesystem.baseline {
+            // Bound when present, like bubblewrap's --ro-bind-try.
+            if Path::new(b).exists() {
+                mounts.push(bind(b, b, true));
+            }
+        }
+    }
+    mounts.push(
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+        "options": ["nosuid", "nodev", "mode=1777", format!("size={}", plan.filesystem.tmp_size)]}),
+    );
+    for m in &input.prepared.mounts {
+        mounts.push(match m {
+            Mount::Bind {
+                source,
+                target,
+                readonly,
+            } => bind(
+                &source.to_string_lossy(),
+                &target.to_string_lossy(),
+                *readonly,
+            ),
+            Mount::MaskFile { target } => bind("/dev/null", &target.to_string_lossy(), true),
+            Mount::MaskDir { target, size } => {
+                json!({"destination": target, "type": "tmpfs", "source": "tmpfs",
+                "options": ["ro", "nosuid", "nodev", "noexec", "mode=000", format!("size={size}")]})
+            }
+        });
+    }
+    let env: Vec<String> = std::iter::once(("PATH".to_string(), default_path(plan)))
+        .filter(|(k, _)| !plan.process.env.iter().any(|(pk, _)| pk == k))
+        .chain(plan.process.env.iter().cloned())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut linux = json!({
+        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}, {"type": "network"}],
+        "cgroupsPath": input.cgroups_path,
+        "resources": {
+            "pids": {"limit": plan.process.pids_max},
+            "memory": {"limit": plan.process.memory_max},
+            "devices": [{"allow": false, "access": "rwm"}]
+        },
+        "maskedPaths": MASKED,
+        "readonlyPaths": READONLY,
+        "seccomp": plan.seccomp,
+    });
+    if !plan.host.seccomp {
+        linux.as_object_mut().expect("object").remove("seccomp");
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": input.uid, "gid": input.gid},
+            "args": input.args,
+            "env": env,
+            "cwd": plan.process.cwd,
+            "noNewPrivileges": true,
+            "capabilities": {"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 4096}]
+        },
+        "root": {"path": input.rootfs, "readonly": true},
+        "hostname": "agentcell",
+        "mounts": mounts,
+        "linux": linux,
+    })
+}
+
+fn bind(source: &str, target: &str, readonly: bool) -> Value {
+    let mut options = vec!["rbind", "nosuid", "nodev"];
+    if readonly {
+        options.push("ro");
+    }
+    json!({"destination": target, "type": "bind", "source": source, "options": options})
+}
+
+/// A PATH that finds the baseline's programs unless the policy sets its own.
+fn default_path(_plan: &Plan) -> String {
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentcell_policy::plan::{CompileOptions, Host, compile};
+    use agentcell_policy::{ParseOptions, parse_with};
+
+    #[test]
+    fn spec_carries_the_plan() {
+        let doc = parse_with(
+            r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/w"]},"timeoutMs":5}"#,
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        let plan = compile(&doc, &Host::reference(), &CompileOptions::default()).unwrap();
+        let prepared = Prepared {
+            mounts: vec![
+                Mount::Bind {
+                    source: "/w".into(),
+                    target: "/w".into(),
+                    readonly: false,
+                },
+                Mount::MaskFile {
+                    target: "/w/.env".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let input = SpecInput {
+            plan: &plan,
+            prepared: &prepared,
+            rootfs: Path::new("/run/x/rootfs"),
+            args: vec!["/bin/true".into()],
+            cgroups_path: "/agentcell/x".into(),
+            uid: 0,
+            gid: 0,
+        };
+        let spec = build(&input).expect("valid OCI spec");
+        let mounts = spec.mounts().as_ref().unwrap();
+        let w = mounts
+            .iter()
+            .position(|m| m.destination() == Path::new("/w"))
+            .unwrap();
+        let env = mounts
+            .iter()
+            .position(|m| m.destination() == Path::new("/w/.env"))
+            .unwrap();
+        assert!(w < env, "deeper mounts come later");
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.no_new_privileges(), Some(true));
+        assert_eq!(p.cwd(), Path::new("/w"));
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.seccomp().is_some());
+        assert_eq!(linux.namespaces().as_ref().unwrap().len(), 6);
+    }
+}
