@@ -94,6 +94,27 @@ impl Executor for LandlockExecutor {
         // handler for (so `kill -9 $$` would do nothing) and would have to reap orphans. This
         // process stays PID 1, confined like the workload, reaps, forwards signals, and exits
         // with the workload's status (128+N when it died of signal N).
+        // Exactly the policy's environment: nothing inherited, nothing added (the runtime sets
+        // HOME when it is missing, as OCI runtimes do; MXC clears it).
+        let wanted: Vec<(String, String)> = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.env().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        for (k, _) in std::env::vars_os().collect::<Vec<_>>() {
+            // SAFETY: the init process is single-threaded here.
+            unsafe { std::env::remove_var(k) };
+        }
+        for (k, v) in wanted {
+            // SAFETY: as above.
+            unsafe { std::env::set_var(k, v) };
+        }
         super::init::run_as_init(|| DefaultExecutor {}.exec(spec))
     }
 

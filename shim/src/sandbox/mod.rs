@@ -1,6 +1,7 @@
 //! The enforcement core: one plan becomes one confined process (namespaces, the filesystem view,
 //! seccomp, Landlock, cgroup limits, the deadline). The shim reuses it for every container.
 
+pub mod aliases;
 pub mod init;
 pub mod landlock;
 pub mod prepare;

@@ -21,9 +21,15 @@ pub enum Mount {
     },
     /// `/dev/null` over a denied file.
     MaskFile { target: PathBuf },
-    /// An empty read-only tmpfs over a denied directory (writable only to create mount points
-    /// for deeper allowed paths, then remounted read-only by the runtime).
-    MaskDir { target: PathBuf, size: String },
+    /// An empty tmpfs over a denied directory, owned by nobody (65534) with mode 000: nobody
+    /// can list, read or write it, and the workload cannot chmod it. When an allowed path lies
+    /// below, the mode is 0111 (traverse only) and the tmpfs stays writable for the runtime to
+    /// create that mount point; otherwise it is read-only.
+    MaskDir {
+        target: PathBuf,
+        size: String,
+        has_children: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -157,6 +163,32 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         }
     }
 
+    // Bind-mount aliases of denied objects that lie in the view are denied too.
+    let mut bind_aliases: Vec<(PathBuf, bool)> = Vec::new();
+    if has_denied {
+        let mounts =
+            super::aliases::read_mountinfo().map_err(|source| PrepareError::Unresolvable {
+                path: "/proc/self/mountinfo".into(),
+                source,
+            })?;
+        let allowed: Vec<PathBuf> = resolved
+            .iter()
+            .filter(|r| r.access != Access::Denied)
+            .map(|r| PathBuf::from(&r.name))
+            .collect();
+        for r in resolved.iter().filter(|r| r.access == Access::Denied) {
+            let Ok(md) = std::fs::metadata(&r.real) else {
+                continue;
+            };
+            let dev = (libc::major(md.dev()), libc::minor(md.dev()));
+            for alias in super::aliases::aliases_of(&mounts, &r.real, dev) {
+                if allowed.iter().any(|a| alias.starts_with(a)) {
+                    bind_aliases.push((alias, r.is_dir));
+                }
+            }
+        }
+    }
+
     // Allowed paths appear where the policy names them; a denied object is masked where it
     // really is, so every alias of it (a symlink, a path through `..`) reaches the mask.
     let mut mounts: Vec<(PathBuf, Resolved)> = resolved
@@ -172,30 +204,43 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
             )
         })
         .collect();
-    for p in extra {
-        out.reports.push(format!(
-            "{} is a hard link of a denied file; masked",
-            p.display()
-        ));
-        mounts.push((
-            p.clone(),
-            Resolved {
-                name: p.display().to_string(),
-                real: p,
-                access: Access::Denied,
-                id: None,
-                is_dir: false,
-            },
-        ));
+    let hard_links = extra
+        .into_iter()
+        .map(|p| (p, false, "a hard link of a denied file"));
+    let binds = bind_aliases
+        .into_iter()
+        .map(|(p, d)| (p, d, "a bind-mount alias of a denied object"));
+    for (p, is_dir, what) in hard_links.chain(binds) {
+        out.reports
+            .push(format!("{} is {what}; masked", p.display()));
+        let r = Resolved {
+            name: p.display().to_string(),
+            real: p.clone(),
+            access: Access::Denied,
+            id: None,
+            is_dir,
+        };
+        mounts.push((p, r));
     }
+    let allowed_targets: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|(_, r)| r.access != Access::Denied)
+        .map(|(t, _)| t.clone())
+        .collect();
     // Shallow to deep by the path the sandbox sees.
     mounts.sort_by_cached_key(|(target, _)| target.components().count());
     for (target, r) in mounts {
         match r.access {
-            Access::Denied if r.is_dir => out.mounts.push(Mount::MaskDir {
-                target,
-                size: view.denied_dir_tmpfs_size.clone(),
-            }),
+            Access::Denied if r.is_dir => {
+                let has_children = allowed_targets
+                    .iter()
+                    .any(|a| a != &target && a.starts_with(&target));
+                out.mounts.push(Mount::MaskDir {
+                    target,
+                    size: view.denied_dir_tmpfs_size.clone(),
+                    has_children,
+                })
+            }
             Access::Denied => out.mounts.push(Mount::MaskFile { target }),
             a => {
                 if !r.real.exists() {

@@ -78,9 +78,17 @@ pub fn build_json(input: &SpecInput) -> Value {
                 *readonly,
             ),
             Mount::MaskFile { target } => bind("/dev/null", &target.to_string_lossy(), true),
-            Mount::MaskDir { target, size } => {
-                json!({"destination": target, "type": "tmpfs", "source": "tmpfs",
-                "options": ["ro", "nosuid", "nodev", "noexec", "mode=000", format!("size={size}")]})
+            Mount::MaskDir { target, size, has_children } => {
+                let mut options: Vec<String> = ["nosuid", "nodev", "noexec", "uid=65534", "gid=65534"]
+                    .map(String::from)
+                    .to_vec();
+                options.push(format!("size={size}"));
+                if *has_children {
+                    options.push("mode=0111".into());
+                } else {
+                    options.extend(["ro".to_string(), "mode=000".into()]);
+                }
+                json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": options})
             }
         });
     }

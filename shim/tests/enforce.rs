@@ -1,0 +1,229 @@
+//! The enforcement suite (root): real sandboxes, and for each MXC filesystem and process rule the
+//! outcome a workload observes.
+
+mod common;
+
+use common::{Fixture, require_root, sh};
+use serde_json::json;
+
+fn policy(f: &Fixture, rw: &[String], ro: &[String], denied: &[String]) -> String {
+    f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": rw, "readonlyPaths": ro, "deniedPaths": denied}}))
+}
+
+#[test]
+fn read_only_read_write_and_unlisted_paths() {
+    require_root();
+    let f = Fixture::new("rorw");
+    f.write("ro/data.txt", "ro-content");
+    f.mkdir("rw");
+    let p = policy(&f, &[f.p("rw")], &[f.p("ro")], &[]);
+    let script = format!(
+        "cat {ro}/data.txt; echo; echo x > {ro}/new 2>/dev/null && echo RO_LEAK || echo RO_OK; \
+         echo written > {rw}/out && echo RW_OK; \
+         for d in /root /opt /var /home /srv; do ls $d >/dev/null 2>&1 && echo UNLISTED_LEAK:$d; done; echo UNLISTED_DONE",
+        ro = f.p("ro"),
+        rw = f.p("rw")
+    );
+    let r = sh(&p, &script);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("ro-content") && r.stdout.contains("RO_OK") && r.stdout.contains("RW_OK"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("LEAK"), "{}", r.stdout);
+    assert!(r.stdout.contains("UNLISTED_DONE"));
+    // The write is visible on the host afterwards.
+    assert_eq!(
+        std::fs::read_to_string(f.path("rw/out")).unwrap(),
+        "written\n"
+    );
+}
+
+#[test]
+fn denied_file_and_directory_inside_a_read_write_parent() {
+    require_root();
+    let f = Fixture::new("denied");
+    f.write("ws/.env", "TOKEN=secret");
+    f.write("ws/.ssh/id", "key");
+    f.write("ws/ok.txt", "ok");
+    let p = policy(&f, &[f.p("ws")], &[], &[f.p("ws/.env"), f.p("ws/.ssh")]);
+    let ws = f.p("ws");
+    let r = sh(
+        &p,
+        &format!(
+            "cat {ws}/ok.txt; cat {ws}/.env && echo ENV_LEAK; ls {ws}/.ssh/id && echo SSH_LEAK; cat {ws}/.ssh/id && echo SSH_LEAK; echo x > {ws}/.env && echo ENV_WRITE_LEAK; echo DONE"
+        ),
+    );
+    assert!(
+        r.stdout.contains("ok") && r.stdout.contains("DONE"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!r.stdout.contains("LEAK"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("secret") && !r.stdout.contains("key"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.path("ws/.env")).unwrap(),
+        "TOKEN=secret"
+    );
+}
+
+#[test]
+fn deepest_path_wins_in_both_directions() {
+    require_root();
+    let f = Fixture::new("deep");
+    f.write("a/hidden.txt", "hidden");
+    f.mkdir("a/b");
+    f.write("w/secrets/s", "s3cret");
+    let p = policy(
+        &f,
+        &[f.p("a/b"), f.p("w")],
+        &[],
+        &[f.p("a"), f.p("w/secrets")],
+    );
+    let r = sh(
+        &p,
+        &format!(
+            "cat {a}/hidden.txt && echo PARENT_LEAK; echo y > {a}/b/x && echo CHILD_RW_OK; cat {w}/secrets/s && echo CHILD_DENY_LEAK; echo z > {w}/z && echo PARENT_RW_OK",
+            a = f.p("a"),
+            w = f.p("w")
+        ),
+    );
+    assert!(
+        r.stdout.contains("CHILD_RW_OK") && r.stdout.contains("PARENT_RW_OK"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!r.stdout.contains("LEAK"), "{}", r.stdout);
+}
+
+#[test]
+fn aliases_of_a_denied_file_are_denied() {
+    require_root();
+    let mut f = Fixture::new("alias");
+    f.write("ws/secret.txt", "TOPSECRET");
+    f.mkdir("ws/sub");
+    std::os::unix::fs::symlink(f.path("ws/secret.txt"), f.path("ws/link")).unwrap();
+    std::fs::hard_link(f.path("ws/secret.txt"), f.path("ws/sub/hard")).unwrap();
+    f.mkdir("other/data");
+    f.write("other/data/s2", "BINDSECRET");
+    f.bind(&f.path("other/data"), &f.path("ws/bound"));
+    let p = policy(
+        &f,
+        &[f.p("ws")],
+        &[],
+        &[f.p("ws/secret.txt"), f.p("other/data/s2")],
+    );
+    let ws = f.p("ws");
+    let r = sh(
+        &p,
+        &format!(
+            "cat {ws}/link; cat {ws}/sub/../secret.txt; cat {ws}/sub/hard; cat {ws}/bound/s2; ls {ws}/bound; echo DONE"
+        ),
+    );
+    assert!(r.stdout.contains("DONE"), "{}", r.stderr);
+    assert!(
+        !r.stdout.contains("TOPSECRET") && !r.stdout.contains("BINDSECRET"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn environment_and_working_directory() {
+    require_root();
+    let f = Fixture::new("env");
+    f.mkdir("work");
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "process": {"cwd": f.p("work"), "env": ["GREETING=hello world", "EQ=a=b"]},
+        "filesystem": {"readwritePaths": [f.p("work")]}}));
+    // SAFETY: set before any thread of this test reads the environment of the sandbox.
+    let r = common::agentcell(&[
+        "run",
+        "--policy",
+        &p,
+        "--",
+        "/bin/sh",
+        "-c",
+        "pwd; echo \"$GREETING|$EQ|${HOME:-nohome}\"",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(
+        r.stdout,
+        format!("{}\nhello world|a=b|nohome\n", f.p("work"))
+    );
+    // Without a cwd, the first read-write path (MXC's ProcessContainer rule).
+    let p2 = f.policy(
+        &json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": [f.p("work")]}}),
+    );
+    let r = common::sh(&p2, "pwd");
+    assert_eq!(r.stdout.trim(), f.p("work"));
+}
+
+#[test]
+fn timeout_kills_background_children_and_exit_codes() {
+    require_root();
+    let f = Fixture::new("timeout");
+    let marker = f.mkdir("m");
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": [f.p("m")]}, "timeoutMs": 800}));
+    let start = std::time::Instant::now();
+    let r = sh(
+        &p,
+        &format!(
+            "(sleep 3; echo late > {}/late) & sleep 30",
+            marker.display()
+        ),
+    );
+    let took = start.elapsed();
+    assert_eq!(r.code, 124, "{}", r.stderr);
+    // Background child gone: nothing written after the deadline (checked after its own delay).
+    std::thread::sleep(std::time::Duration::from_millis(
+        3500u64.saturating_sub(took.as_millis() as u64),
+    ));
+    assert!(
+        !marker.join("late").exists(),
+        "a background child survived the deadline"
+    );
+    assert!(
+        took.as_secs_f64() < 0.8 + 1.0,
+        "deadline overshoot: {took:?}"
+    );
+
+    let p = f.policy(&json!({"version": "0.8.0-alpha"}));
+    assert_eq!(sh(&p, "exit 7").code, 7);
+    assert_eq!(sh(&p, "kill -TERM $$").code, 128 + 15);
+    assert_eq!(sh(&p, "kill -KILL $$").code, 128 + 9);
+}
+
+#[test]
+fn rejected_configurations_exit_125_with_the_field() {
+    require_root();
+    let f = Fixture::new("reject");
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "network": {"egress": {"allow": [{"to": [{"cidr": "10.0.0.0/8", "except": ["11.0.0.0/8"]}]}]}}}));
+    let r = sh(&p, "true");
+    assert_eq!(r.code, 125);
+    assert!(
+        r.stderr.contains("network.egress.allow[0].to[0].except[0]"),
+        "{}",
+        r.stderr
+    );
+    let r = common::agentcell(&["run", "--json", "--policy", &p, "--", "true"]);
+    assert_eq!(r.code, 125);
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(
+        v["error"]["field"],
+        "network.egress.allow[0].to[0].except[0]"
+    );
+    // A relative path is refused before anything starts.
+    let p = f.policy(
+        &json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": ["relative/x"]}}),
+    );
+    let r = sh(&p, "echo SHOULD_NOT_RUN");
+    assert_eq!(r.code, 125);
+    assert!(!r.stdout.contains("SHOULD_NOT_RUN"));
+}
