@@ -6,7 +6,6 @@ use serde::Serialize;
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
-const EAFNOSUPPORT: u32 = 97;
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 const AF_PACKET: u64 = 17;
 const AF_VSOCK: u64 = 40;
@@ -173,14 +172,14 @@ pub fn default_profile(arch: &str) -> LinuxSeccomp {
             "socket",
             0,
             AF_VSOCK,
-            EAFNOSUPPORT,
+            EPERM,
             "AF_VSOCK reaches the hypervisor host (WSL2 interop)",
         ),
         equal(
             "socket",
             0,
             AF_PACKET,
-            EAFNOSUPPORT,
+            EPERM,
             "raw packet sockets bypass the network fence's view",
         ),
     ];
