@@ -5,7 +5,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::document::Backend;
-use crate::model::{Action, DefaultPolicy, Protocol};
+use crate::model::{Action, DefaultPolicy, EnforcementMode, Protocol};
 use crate::netspec::{self, HostEntry, NetworkSpec, ProxyEndpoint, ProxySpec, RuleSpec};
 use crate::path::JsonPath;
 
@@ -178,7 +178,13 @@ pub fn build(spec: &NetworkSpec, backend: Backend, directional_schema: bool) -> 
             } else {
                 Verdict::Drop
             };
-            plan.dns_exemption = backend == Backend::Lxc && !directional_schema;
+            // MXC's LXC backend exempts DNS in the firewall it installs below schema 0.8 (and
+            // installs no firewall at all under `capabilities`, where agentcell blocks).
+            let firewall = matches!(
+                l.enforcement_mode,
+                EnforcementMode::Firewall | EnforcementMode::Both
+            );
+            plan.dns_exemption = backend == Backend::Lxc && !directional_schema && firewall;
             l.proxy.as_ref()
         }
     };

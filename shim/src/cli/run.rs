@@ -52,6 +52,9 @@ pub struct CommonArgs {
     /// Memory limit in MiB (cgroup memory limit).
     #[arg(long, value_name = "MIB")]
     pub memory_mib: Option<u64>,
+    /// MXC's flag: accept testing-only features (they are still refused when planning).
+    #[arg(long)]
+    pub allow_testing_features: bool,
     /// Where sandbox state lives.
     #[arg(long, value_name = "DIR", default_value = "/run/agentcell")]
     pub state_dir: PathBuf,
@@ -60,6 +63,7 @@ pub struct CommonArgs {
 pub fn exec(args: ExecArgs) -> i32 {
     let opts = ParseOptions {
         require_command: true,
+        allow_testing_features: args.common.allow_testing_features,
         ..ParseOptions::default()
     };
     match load(&args.config, &opts, &args.common) {
@@ -78,6 +82,7 @@ pub fn exec(args: ExecArgs) -> i32 {
 pub fn run(args: RunArgs) -> i32 {
     let opts = ParseOptions {
         require_command: false,
+        allow_testing_features: args.common.allow_testing_features,
         ..ParseOptions::default()
     };
     match load(&args.policy, &opts, &args.common) {
