@@ -106,3 +106,102 @@ pub fn probe() -> Host {
         ipv6: ipv6_available(),
     }
 }
+
+/// The cgroup layout of this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupLayout {
+    V1,
+    Hybrid,
+    V2,
+    None,
+}
+
+pub fn cgroup_layout() -> CgroupLayout {
+    let v2_root = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists();
+    let v1 =
+        Path::new("/sys/fs/cgroup/memory").exists() || Path::new("/sys/fs/cgroup/pids").exists();
+    match (v2_root, unified, v1) {
+        (true, _, _) => CgroupLayout::V2,
+        (false, true, true) => CgroupLayout::Hybrid,
+        (false, _, true) => CgroupLayout::V1,
+        _ => CgroupLayout::None,
+    }
+}
+
+/// Whether PID 1 is systemd (the cgroup driver follows it).
+pub fn systemd_is_init() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+        && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
+}
+
+/// User namespaces: available, and whether unprivileged users may create them.
+pub fn user_namespaces() -> (bool, bool) {
+    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let unpriv = std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(max > 0);
+    (max > 0, max > 0 && unpriv)
+}
+
+/// KVM: present, and whether a stock guest kernel can boot with it. Nested PVM (`kvm_pvm`)
+/// exposes /dev/kvm but stock kernels do not boot on it; qemu TCG still works there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Kvm {
+    pub device: bool,
+    pub pvm: bool,
+    pub guest_boots_with_kvm: bool,
+}
+
+pub fn kvm() -> Kvm {
+    let device = Path::new("/dev/kvm").exists();
+    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+    Kvm {
+        device,
+        pvm,
+        guest_boots_with_kvm: device && !pvm,
+    }
+}
+
+/// WSL detection (WSL1 vs WSL2) and its hazards.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Wsl {
+    pub version: u8,
+    pub interop: bool,
+    pub windows_drives: Vec<String>,
+}
+
+pub fn wsl() -> Option<Wsl> {
+    let version = std::fs::read_to_string("/proc/version").ok()?;
+    let lower = version.to_ascii_lowercase();
+    if !lower.contains("microsoft") {
+        return None;
+    }
+    let v = if lower.contains("wsl2") || Path::new("/run/WSL").exists() {
+        2
+    } else {
+        1
+    };
+    let interop = Path::new("/proc/sys/fs/binfmt_misc/WSLInterop").exists()
+        || Path::new("/proc/sys/fs/binfmt_misc/WSLInterop-late").exists();
+    let windows_drives = std::fs::read_dir("/mnt")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.len() == 1 && n.chars().all(|c| c.is_ascii_lowercase()))
+                .map(|n| format!("/mnt/{n}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Wsl {
+        version: v,
+        interop,
+        windows_drives,
+    })
+}

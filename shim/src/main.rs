@@ -39,6 +39,9 @@ enum Command {
     /// Exit code: the workload's own; 128+N when killed by signal N; 124 on timeout; 125 when the
     /// configuration is rejected or the sandbox cannot be built (the field and reason on stderr).
     Exec(cli::run::ExecArgs),
+    /// What this host can enforce: kernel, Landlock ABI, seccomp, namespaces, cgroups,
+    /// nftables, KVM, WSL, and which presets run here fully enforced.
+    Doctor(cli::doctor::DoctorArgs),
     /// Run a command confined by a policy (a SandboxPolicy or a ContainerConfig).
     ///
     /// Exit codes as for `exec`.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     init_logging(cli.log.as_deref());
     match cli.command {
         Command::Policy(cmd) => cli::policy::run(cmd),
+        Command::Doctor(args) => code(cli::doctor::run(args)),
         Command::Exec(args) => code(cli::run::exec(args)),
         Command::Run(args) => code(cli::run::run(args)),
     }

@@ -1,5 +1,6 @@
 //! Subcommands of the `agentcell` CLI.
 
+pub mod doctor;
 pub mod explain;
 pub mod policy;
 pub mod run;
