@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# Debian packages: the build needs a C toolchain and libseccomp (libcontainer links it); the
+# Debian packages: the build needs a C toolchain and libseccomp (libcontainer links it; the
+# escape suite compiles its probe with cc); bubblewrap, runc and crun are the baselines of
+# benches/exec.sh. The
 # enforcement and e2e suites use the real kernel tools listed here.
-PKGS=(build-essential pkg-config libseccomp-dev)
+PKGS=(build-essential pkg-config libseccomp-dev bubblewrap runc crun)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

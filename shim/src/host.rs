@@ -23,6 +23,20 @@ pub fn landlock_abi() -> Option<u32> {
     (r > 0).then_some(r as u32)
 }
 
+/// The ABI the planner is told about. `AGENTCELL_HOST_LANDLOCK_ABI` can only lower it (to plan
+/// for, and test the reporting of, an older kernel); it never claims more than the kernel has.
+pub fn landlock_abi_for_planning() -> Option<u32> {
+    let real = landlock_abi();
+    match std::env::var("AGENTCELL_HOST_LANDLOCK_ABI")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        Some(0) => None,
+        Some(v) => real.map(|r| r.min(v)),
+        None => real,
+    }
+}
+
 /// Whether seccomp filtering is available to this process.
 pub fn seccomp_available() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -100,7 +114,7 @@ pub fn probe() -> Host {
     Host {
         arch: std::env::consts::ARCH.to_string(),
         kernel_release: kernel_release(),
-        landlock_abi: landlock_abi(),
+        landlock_abi: landlock_abi_for_planning(),
         seccomp: seccomp_available(),
         nftables: nftables_available(),
         ipv6: ipv6_available(),

@@ -202,12 +202,27 @@ fn doctor_reports_this_host() {
     let out = agentcell(&["doctor", "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for k in ["kernel", "landlockAbi", "seccomp", "nftables", "cgroup", "kvm", "presets"] {
+    for k in [
+        "kernel",
+        "landlockAbi",
+        "seccomp",
+        "nftables",
+        "cgroup",
+        "kvm",
+        "presets",
+    ] {
         assert!(v.get(k).is_some(), "{k} missing: {v}");
     }
     assert_eq!(v["presets"].as_array().unwrap().len(), 4);
     // The Landlock ABI is probed with the syscall: it matches the kernel's answer here.
-    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
     assert_eq!(v["landlockAbi"].as_i64(), (abi > 0).then_some(abi));
     let human = agentcell(&["doctor"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains("presets on this host:"));

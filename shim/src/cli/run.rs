@@ -55,6 +55,10 @@ pub struct CommonArgs {
     /// MXC's flag: accept testing-only features (they are still refused when planning).
     #[arg(long)]
     pub allow_testing_features: bool,
+    /// Print the OCI runtime spec this run would use (root path `rootfs`) and exit; for
+    /// comparisons with other runtimes (benches/exec.sh) and debugging.
+    #[arg(long)]
+    pub print_spec: bool,
     /// Where sandbox state lives.
     #[arg(long, value_name = "DIR", default_value = "/run/agentcell")]
     pub state_dir: PathBuf,
@@ -173,6 +177,25 @@ fn go(plan: &Plan, args: Vec<String>, common: &CommonArgs) -> i32 {
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
     };
+    if common.print_spec {
+        let spec = runner::spec_only(&req, std::path::Path::new("rootfs"));
+        return match spec {
+            Ok(s) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("spec serializes")
+                );
+                0
+            }
+            Err(e) => reject(
+                &[Refusal {
+                    field: step_field(&e),
+                    message: e.to_string(),
+                }],
+                common.json,
+            ),
+        };
+    }
     match runner::run(&req) {
         Ok((outcome, reports)) => {
             for r in reports {
@@ -200,6 +223,7 @@ fn step_field(e: &runner::RunError) -> String {
     match e {
         runner::RunError::Network(_) => "network".into(),
         runner::RunError::Prepare(_) => "filesystem".into(),
+        runner::RunError::Cwd(_) => "process.cwd".into(),
         _ => "sandbox".into(),
     }
 }

@@ -98,7 +98,15 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
                 });
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                // A denied path that does not exist is still masked (nothing may appear there).
+                // A missing denied path needs a mask only where the workload could create it: in
+                // a host directory the view grants read-write. Elsewhere nothing can appear.
+                if e.access == Access::Denied && !host_writable(view, &e.path) {
+                    out.reports.push(format!(
+                        "{}: denied path does not exist and cannot be created in the view; nothing to mask",
+                        e.path
+                    ));
+                    continue;
+                }
                 resolved.push(Resolved {
                     name: e.path.clone(),
                     real: PathBuf::from(&e.path),
@@ -259,6 +267,15 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         }
     }
     Ok(out)
+}
+
+/// Whether the deepest policy entry above `path` grants read-write on a host directory.
+fn host_writable(view: &FsView, path: &str) -> bool {
+    view.entries
+        .iter()
+        .filter(|e| e.path != path && agentcell_policy::plan::fs::is_within(path, &e.path))
+        .max_by_key(|e| agentcell_policy::plan::fs::depth(&e.path))
+        .is_some_and(|e| e.access == Access::ReadWrite)
 }
 
 /// Every path under `tree` whose inode is one of `targets` (does not follow symlinks).

@@ -42,6 +42,8 @@ pub enum RunError {
     Prepare(#[from] PrepareError),
     #[error("network: {0}")]
     Network(String),
+    #[error("{0} does not exist in the sandbox's view")]
+    Cwd(String),
     #[error("{step}: {source}")]
     Io {
         step: String,
@@ -74,7 +76,25 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             "this policy allows traffic out of the sandbox, which needs the nftables network fence; this build only runs policies without egress (no uplink)".into(),
         ));
     }
-    let prepared = prepare::prepare(&plan.filesystem)?;
+    let mut prepared = prepare::prepare(&plan.filesystem)?;
+    let cwd = working_directory(plan, &mut prepared)?;
+    let owned;
+    let req = if cwd != plan.process.cwd {
+        let mut p = plan.clone();
+        p.process.cwd = cwd;
+        owned = p;
+        &RunRequest {
+            plan: &owned,
+            args: req.args.clone(),
+            id: req.id.clone(),
+            state_root: req.state_root.clone(),
+            uid: req.uid,
+            gid: req.gid,
+        }
+    } else {
+        req
+    };
+    let plan = req.plan;
     let dir = req.state_root.join(&req.id);
     let rootfs = dir.join("rootfs");
     let bundle = dir.join("bundle");
@@ -85,17 +105,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         })?;
     }
     let _cleanup = RemoveOnDrop(dir.clone());
-    let input = SpecInput {
-        plan,
-        prepared: &prepared,
-        rootfs: &rootfs,
-        args: req.args.clone(),
-        cgroups_path: format!("/agentcell/{}", req.id),
-        uid: req.uid,
-        gid: req.gid,
-    };
-    // Read back through oci_spec first: a malformed spec fails here, not inside the runtime.
-    let spec = spec::build(&input)?;
+    let spec = oci_spec(req, &prepared, &rootfs)?;
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
@@ -146,6 +156,76 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         tracing::warn!(error = %e, id = %req.id, "deleting the container");
     }
     Ok((outcome?, prepared.reports))
+}
+
+/// The spec `run` would use, with `rootfs` as the root path (for `--print-spec`).
+pub fn spec_only(
+    req: &RunRequest,
+    rootfs: &Path,
+) -> Result<libcontainer::oci_spec::runtime::Spec, RunError> {
+    let mut prepared = prepare::prepare(&req.plan.filesystem)?;
+    let mut plan = req.plan.clone();
+    plan.process.cwd = working_directory(req.plan, &mut prepared)?;
+    let req = RunRequest {
+        plan: &plan,
+        args: req.args.clone(),
+        id: req.id.clone(),
+        state_root: req.state_root.clone(),
+        uid: req.uid,
+        gid: req.gid,
+    };
+    oci_spec(&req, &prepared, rootfs)
+}
+
+/// The working directory must exist in the view. An explicit `process.cwd` that does not is an
+/// error naming it; the default (the first read-write path) falls back to `/` with a report.
+pub fn working_directory(
+    plan: &Plan,
+    prepared: &mut prepare::Prepared,
+) -> Result<String, RunError> {
+    let cwd = &plan.process.cwd;
+    let in_view = cwd == "/"
+        || prepared
+            .landlock_paths
+            .iter()
+            .any(|(p, _)| Path::new(cwd).starts_with(p) && Path::new(cwd).exists())
+        || (plan
+            .filesystem
+            .baseline
+            .iter()
+            .any(|b| Path::new(cwd).starts_with(b))
+            && Path::new(cwd).exists())
+        || cwd == "/tmp";
+    if in_view {
+        return Ok(cwd.clone());
+    }
+    if plan.process.cwd_origin == "process.cwd" {
+        return Err(RunError::Cwd(cwd.clone()));
+    }
+    prepared.reports.push(format!(
+        "working directory {cwd} ({}) is not in the view; using /",
+        plan.process.cwd_origin
+    ));
+    Ok("/".into())
+}
+
+/// The OCI spec of `req` (read back through oci_spec: a malformed spec fails here, not inside the
+/// runtime).
+pub fn oci_spec(
+    req: &RunRequest,
+    prepared: &prepare::Prepared,
+    rootfs: &Path,
+) -> Result<libcontainer::oci_spec::runtime::Spec, RunError> {
+    let input = SpecInput {
+        plan: req.plan,
+        prepared,
+        rootfs,
+        args: req.args.clone(),
+        cgroups_path: format!("/agentcell/{}", req.id),
+        uid: req.uid,
+        gid: req.gid,
+    };
+    Ok(spec::build(&input)?)
 }
 
 fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRules {
