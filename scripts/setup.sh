@@ -9,8 +9,7 @@ SUDO=""
 
 # Debian packages: the build needs a C toolchain and libseccomp (libcontainer links it; the
 # escape suite compiles its probe with cc); bubblewrap, runc and crun are the baselines of
-# benches/exec.sh. The
-# enforcement and e2e suites use the real kernel tools listed here.
+# benches/exec.sh.
 PKGS=(build-essential pkg-config libseccomp-dev bubblewrap runc crun)
 missing=()
 for p in "${PKGS[@]}"; do
