@@ -20,7 +20,8 @@ fn read_only_read_write_and_unlisted_paths() {
     let script = format!(
         "cat {ro}/data.txt; echo; echo x > {ro}/new 2>/dev/null && echo RO_LEAK || echo RO_OK; \
          echo written > {rw}/out && echo RW_OK; \
-         for d in /root /opt /var /home /srv; do ls $d >/dev/null 2>&1 && echo UNLISTED_LEAK:$d; done; echo UNLISTED_DONE",
+         for d in /root /opt /home /srv /var/lib /var/log /usr/local /boot; do ls $d >/dev/null 2>&1 && echo UNLISTED_LEAK:$d; done; \
+         [ \"$(ls /var)\" = tmp ] || echo UNLISTED_LEAK:var-has-more-than-the-mount-skeleton; echo UNLISTED_DONE",
         ro = f.p("ro"),
         rw = f.p("rw")
     );
@@ -285,4 +286,27 @@ fn missing_denied_paths_are_masked_only_where_they_could_be_created() {
         r.stdout,
         r.stderr
     );
+}
+
+#[test]
+fn audit_reports_landlock_denials() {
+    require_root();
+    let f = Fixture::new("audit");
+    let p = f.policy(&json!({"version": "0.8.0-alpha"}));
+    let report = f.path("audit.jsonl");
+    let r = common::agentcell(&["run", "--audit", report.to_str().unwrap(), "--policy", &p, "--", "/bin/sh", "-c", "touch /proc/agentcell-probe; true"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().any(|l| l["kind"] == "notice" && l["message"].as_str().unwrap().contains("not observable")));
+    // SAFETY: the syscall only returns the ABI.
+    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    if abi >= 7 {
+        assert!(
+            lines.iter().any(|l| l["kind"] == "landlock" && l["blockers"] == "fs.make_reg" && l["path"] == "/proc"),
+            "{lines:?}"
+        );
+    } else {
+        assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("ABI 7"))), "{lines:?}");
+    }
 }

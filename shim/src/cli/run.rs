@@ -55,6 +55,10 @@ pub struct CommonArgs {
     /// MXC's flag: accept testing-only features (they are still refused when planning).
     #[arg(long)]
     pub allow_testing_features: bool,
+    /// Write one JSON line per denial the kernel reports (Landlock audit, kernel ABI 7) to FILE;
+    /// what is not observable is said in the file.
+    #[arg(long, value_name = "FILE")]
+    pub audit: Option<PathBuf>,
     /// Print the OCI runtime spec this run would use (root path `rootfs`) and exit; for
     /// comparisons with other runtimes (benches/exec.sh) and debugging.
     #[arg(long)]
@@ -176,6 +180,7 @@ fn go(plan: &Plan, args: Vec<String>, common: &CommonArgs) -> i32 {
         // SAFETY: getuid/getgid cannot fail.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
+        audit: common.audit.clone(),
     };
     if common.print_spec {
         let spec = runner::spec_only(&req, std::path::Path::new("rootfs"));

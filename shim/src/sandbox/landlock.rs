@@ -22,6 +22,8 @@ pub struct LandlockRules {
     pub abi: ABI,
     /// Accept a partial enforcement (the runner reports what was missing before starting).
     pub best_effort: bool,
+    /// Ask the kernel to log denials of the exec'd workload (ABI 7 audit).
+    pub log_denials: bool,
 }
 
 #[derive(Clone)]
@@ -48,6 +50,11 @@ impl LandlockRules {
             ruleset = ruleset.scope(Scope::Signal).map_err(|e| e.to_string())?;
         }
         let mut created = ruleset.create().map_err(|e| e.to_string())?;
+        // Listing directories of the view (from `/` down) shows nothing the view does not already
+        // show: unlisted host paths are absent and denied ones are masked. It keeps `ls /` working.
+        created = created
+            .add_rule(PathBeneath::new(PathFd::new("/").map_err(|e| e.to_string())?, AccessFs::ReadDir))
+            .map_err(|e| e.to_string())?;
         let device: BitFlags<AccessFs> =
             AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev | AccessFs::Truncate;
         let sets: [(&Vec<PathBuf>, BitFlags<AccessFs>); 3] = [
@@ -70,6 +77,10 @@ impl LandlockRules {
                     .add_rule(PathBeneath::new(fd, access))
                     .map_err(|e| format!("{}: {e}", p.display()))?;
             }
+        }
+        if self.log_denials {
+            // Denials after exec are not logged by default; the workload is exec'd after this.
+            created = created.log_new_exec(true).map_err(|e| e.to_string())?;
         }
         let status = created.restrict_self().map_err(|e| e.to_string())?;
         Ok(status.ruleset)

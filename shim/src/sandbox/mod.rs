@@ -2,6 +2,7 @@
 //! seccomp, Landlock, cgroup limits, the deadline). The shim reuses it for every container.
 
 pub mod aliases;
+pub mod audit;
 pub mod init;
 pub mod landlock;
 pub mod prepare;

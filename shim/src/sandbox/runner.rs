@@ -65,6 +65,23 @@ pub struct RunRequest<'a> {
     pub state_root: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// Write the kernel's denial reports here (`--audit`).
+    pub audit: Option<PathBuf>,
+}
+
+impl RunRequest<'_> {
+    /// The same request for another (adjusted) plan.
+    pub fn with_plan<'b>(&self, plan: &'b Plan) -> RunRequest<'b> {
+        RunRequest {
+            plan,
+            args: self.args.clone(),
+            id: self.id.clone(),
+            state_root: self.state_root.clone(),
+            uid: self.uid,
+            gid: self.gid,
+            audit: self.audit.clone(),
+        }
+    }
 }
 
 /// Runs the workload to completion under the plan.
@@ -83,14 +100,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         let mut p = plan.clone();
         p.process.cwd = cwd;
         owned = p;
-        &RunRequest {
-            plan: &owned,
-            args: req.args.clone(),
-            id: req.id.clone(),
-            state_root: req.state_root.clone(),
-            uid: req.uid,
-            gid: req.gid,
-        }
+        &req.with_plan(&owned)
     } else {
         req
     };
@@ -115,7 +125,23 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         source,
     })?;
 
-    let rules = landlock_rules(plan, &prepared);
+    let mut rules = landlock_rules(plan, &prepared);
+    let mut notices = Vec::new();
+    let listener = match &req.audit {
+        None => None,
+        Some(_) if plan.host.landlock_abi.is_none_or(|a| a < 7) => {
+            notices.push("Landlock ABI 7 (audit) is unavailable on this kernel: filesystem denials are not observable".to_string());
+            None
+        }
+        Some(_) => {
+            let l = super::audit::Listener::start().map_err(|source| RunError::Io {
+                step: "listening for audit records".into(),
+                source,
+            })?;
+            rules.log_denials = true;
+            Some(l)
+        }
+    };
     let containers = dir.join("state");
     let err = |step: &'static str| {
         move |e: libcontainer::error::LibcontainerError| RunError::Container {
@@ -152,8 +178,22 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             }
         })
     })();
+    let init_pid = container.pid().map(|p| p.as_raw());
     if let Err(e) = container.delete(true) {
         tracing::warn!(error = %e, id = %req.id, "deleting the container");
+    }
+    if let Some(path) = &req.audit {
+        let records = match (listener, init_pid) {
+            (Some(l), Some(pid)) => {
+                notices.extend(l.notices.clone());
+                l.finish(pid)
+            }
+            _ => Vec::new(),
+        };
+        super::audit::write_report(path, &notices, &records).map_err(|source| RunError::Io {
+            step: format!("writing {}", path.display()),
+            source,
+        })?;
     }
     Ok((outcome?, prepared.reports))
 }
@@ -166,14 +206,7 @@ pub fn spec_only(
     let mut prepared = prepare::prepare(&req.plan.filesystem)?;
     let mut plan = req.plan.clone();
     plan.process.cwd = working_directory(req.plan, &mut prepared)?;
-    let req = RunRequest {
-        plan: &plan,
-        args: req.args.clone(),
-        id: req.id.clone(),
-        state_root: req.state_root.clone(),
-        uid: req.uid,
-        gid: req.gid,
-    };
+    let req = req.with_plan(&plan);
     oci_spec(&req, &prepared, rootfs)
 }
 
@@ -261,6 +294,7 @@ fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRules {
         devices,
         abi: ABI::from(plan.landlock.requested_abi as i32),
         best_effort: plan.best_effort,
+        log_denials: false,
     }
 }
 
