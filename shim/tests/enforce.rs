@@ -294,19 +294,96 @@ fn audit_reports_landlock_denials() {
     let f = Fixture::new("audit");
     let p = f.policy(&json!({"version": "0.8.0-alpha"}));
     let report = f.path("audit.jsonl");
-    let r = common::agentcell(&["run", "--audit", report.to_str().unwrap(), "--policy", &p, "--", "/bin/sh", "-c", "touch /proc/agentcell-probe; true"]);
+    let r = common::agentcell(&[
+        "run",
+        "--audit",
+        report.to_str().unwrap(),
+        "--policy",
+        &p,
+        "--",
+        "/bin/sh",
+        "-c",
+        "touch /proc/agentcell-probe; true",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let lines: Vec<serde_json::Value> =
-        std::fs::read_to_string(&report).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(lines.iter().any(|l| l["kind"] == "notice" && l["message"].as_str().unwrap().contains("not observable")));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().any(
+        |l| l["kind"] == "notice" && l["message"].as_str().unwrap().contains("not observable")
+    ));
     // SAFETY: the syscall only returns the ABI.
-    let abi = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<u8>(), 0usize, 1u32) };
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
     if abi >= 7 {
         assert!(
-            lines.iter().any(|l| l["kind"] == "landlock" && l["blockers"] == "fs.make_reg" && l["path"] == "/proc"),
+            lines.iter().any(|l| l["kind"] == "landlock"
+                && l["blockers"] == "fs.make_reg"
+                && l["path"] == "/proc"),
             "{lines:?}"
         );
     } else {
-        assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.contains("ABI 7"))), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["message"].as_str().is_some_and(|m| m.contains("ABI 7"))),
+            "{lines:?}"
+        );
     }
+}
+
+#[test]
+fn rootfs_paths_are_paths_inside_the_image() {
+    require_root();
+    let f = Fixture::new("rootfs");
+    for d in [
+        "rootfs/bin",
+        "rootfs/etc",
+        "rootfs/work",
+        "rootfs/proc",
+        "rootfs/dev",
+        "rootfs/tmp",
+    ] {
+        f.mkdir(d);
+    }
+    std::fs::copy("/bin/busybox", f.path("rootfs/bin/busybox"))
+        .expect("busybox-static (scripts/setup.sh installs it)");
+    for applet in ["sh", "cat", "echo", "ls"] {
+        std::os::unix::fs::symlink("busybox", f.path(&format!("rootfs/bin/{applet}"))).unwrap();
+    }
+    f.write("rootfs/etc/secret", "IMG_SECRET");
+    // An absolute symlink inside the image resolves inside the image, not on the host.
+    std::os::unix::fs::symlink("/etc/secret", f.path("rootfs/work/link")).unwrap();
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]}}));
+    let r = common::agentcell(&[
+        "run",
+        "--rootfs",
+        &f.p("rootfs"),
+        "--policy",
+        &p,
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /etc/secret; cat /work/link; echo w > /work/f && echo RW_OK; echo x > /bin/x || echo RO_OK",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("IMG_SECRET"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("RW_OK") && r.stdout.contains("RO_OK"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(f.path("rootfs/work/f")).unwrap(),
+        "w\n"
+    );
 }

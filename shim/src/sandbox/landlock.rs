@@ -53,7 +53,10 @@ impl LandlockRules {
         // Listing directories of the view (from `/` down) shows nothing the view does not already
         // show: unlisted host paths are absent and denied ones are masked. It keeps `ls /` working.
         created = created
-            .add_rule(PathBeneath::new(PathFd::new("/").map_err(|e| e.to_string())?, AccessFs::ReadDir))
+            .add_rule(PathBeneath::new(
+                PathFd::new("/").map_err(|e| e.to_string())?,
+                AccessFs::ReadDir,
+            ))
             .map_err(|e| e.to_string())?;
         let device: BitFlags<AccessFs> =
             AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::IoctlDev | AccessFs::Truncate;

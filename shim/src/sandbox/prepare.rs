@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use agentcell_policy::plan::{Access, FsView};
+use agentcell_policy::plan::{Access, FsView, RootSource};
 
 /// A mount in the order it is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,89 @@ pub enum PrepareError {
 /// How many inodes the hard-link scan may visit per allowed tree.
 pub const SCAN_LIMIT: usize = 200_000;
 
+/// Where policy paths live: on the host itself, or inside an image root (`--rootfs`, the shim).
+#[derive(Debug, Clone)]
+pub enum Root {
+    Host,
+    Image(PathBuf),
+}
+
+impl Root {
+    pub fn of(view: &FsView) -> Self {
+        match &view.root {
+            RootSource::HostBaseline => Self::Host,
+            RootSource::Rootfs { path } => Self::Image(PathBuf::from(path)),
+        }
+    }
+
+    /// The host path of the object a sandbox path names, symlinks and `..` followed (inside an
+    /// image they resolve as if the image were `/`, never escaping it).
+    pub fn resolve(&self, p: &str) -> std::io::Result<PathBuf> {
+        match self {
+            Self::Host => std::fs::canonicalize(p),
+            Self::Image(root) => resolve_in_root(root, p),
+        }
+    }
+
+    /// The sandbox path of a host path, when it lies in this root.
+    pub fn inside(&self, host: &Path) -> Option<PathBuf> {
+        match self {
+            Self::Host => Some(host.to_path_buf()),
+            Self::Image(root) => host.strip_prefix(root).ok().map(|r| Path::new("/").join(r)),
+        }
+    }
+
+    /// The host path a sandbox path would have, without resolving anything.
+    pub fn host_path(&self, p: &str) -> PathBuf {
+        match self {
+            Self::Host => PathBuf::from(p),
+            Self::Image(root) => root.join(p.trim_start_matches('/')),
+        }
+    }
+}
+
+/// `openat2(RESOLVE_IN_ROOT)`: resolve `p` with `root` as `/`, then read back the host path.
+fn resolve_in_root(root: &Path, p: &str) -> std::io::Result<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let dir = std::fs::File::open(root)?;
+    let rel = std::ffi::CString::new(p.trim_start_matches('/').as_bytes().to_vec())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let rel = if rel.as_bytes().is_empty() {
+        std::ffi::CString::new(".").expect("literal")
+    } else {
+        rel
+    };
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid dirfd, NUL-terminated path, open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            rel.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new descriptor we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// One policy path resolved on the host.
 struct Resolved {
     /// The path as the policy names it (normalised).
@@ -79,13 +162,14 @@ struct Resolved {
 pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
     let mut out = Prepared::default();
     let has_denied = view.entries.iter().any(|e| e.access == Access::Denied);
+    let root = Root::of(view);
 
     let mut resolved: Vec<Resolved> = Vec::new();
     for e in &view.entries {
-        match std::fs::canonicalize(&e.path) {
+        match root.resolve(&e.path) {
             Ok(real) => {
                 let md = std::fs::metadata(&real).ok();
-                if real != Path::new(&e.path) {
+                if root.inside(&real).as_deref() != Some(Path::new(&e.path)) {
                     out.reports
                         .push(format!("{} resolves to {}", e.path, real.display()));
                 }
@@ -109,7 +193,7 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
                 }
                 resolved.push(Resolved {
                     name: e.path.clone(),
-                    real: PathBuf::from(&e.path),
+                    real: root.host_path(&e.path),
                     access: e.access,
                     id: None,
                     is_dir: true,
@@ -190,6 +274,9 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
             };
             let dev = (libc::major(md.dev()), libc::minor(md.dev()));
             for alias in super::aliases::aliases_of(&mounts, &r.real, dev) {
+                let Some(alias) = root.inside(&alias) else {
+                    continue;
+                };
                 if allowed.iter().any(|a| alias.starts_with(a)) {
                     bind_aliases.push((alias, r.is_dir));
                 }
@@ -204,7 +291,7 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         .map(|r| {
             (
                 if r.access == Access::Denied {
-                    r.real.clone()
+                    root.inside(&r.real).unwrap_or_else(|| r.real.clone())
                 } else {
                     PathBuf::from(&r.name)
                 },
@@ -214,6 +301,7 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         .collect();
     let hard_links = extra
         .into_iter()
+        .filter_map(|p| root.inside(&p))
         .map(|p| (p, false, "a hard link of a denied file"));
     let binds = bind_aliases
         .into_iter()
@@ -223,7 +311,7 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
             .push(format!("{} is {what}; masked", p.display()));
         let r = Resolved {
             name: p.display().to_string(),
-            real: p.clone(),
+            real: root.host_path(&p.to_string_lossy()),
             access: Access::Denied,
             id: None,
             is_dir,

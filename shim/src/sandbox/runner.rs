@@ -115,7 +115,13 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         })?;
     }
     let _cleanup = RemoveOnDrop(dir.clone());
-    let spec = oci_spec(req, &prepared, &rootfs)?;
+    // An image is the root itself (read-only); otherwise an empty directory the baseline is bound
+    // into.
+    let root_dir = match &plan.filesystem.root {
+        agentcell_policy::plan::RootSource::Rootfs { path } => PathBuf::from(path),
+        agentcell_policy::plan::RootSource::HostBaseline => rootfs.clone(),
+    };
+    let spec = oci_spec(req, &prepared, &root_dir)?;
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
@@ -156,7 +162,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         .validate_id()
         .map_err(err("container id"))?
         .as_init(&bundle)
-        .with_systemd(false)
+        .with_systemd(systemd_driver())
         .with_detach(false)
         .build()
         .map_err(err("creating the container"))?;
@@ -210,6 +216,20 @@ pub fn spec_only(
     oci_spec(&req, &prepared, rootfs)
 }
 
+/// libcontainer's systemd cgroup driver when systemd runs the host on cgroup v2, else cgroupfs.
+pub fn systemd_driver() -> bool {
+    crate::host::systemd_is_init() && crate::host::cgroup_layout() == crate::host::CgroupLayout::V2
+}
+
+/// Always an explicit cgroup path: `/agentcell/<id>` (cgroupfs) or `system.slice:agentcell:<id>`.
+pub fn cgroups_path(id: &str) -> String {
+    if systemd_driver() {
+        format!("system.slice:agentcell:{id}")
+    } else {
+        format!("/agentcell/{id}")
+    }
+}
+
 /// The working directory must exist in the view. An explicit `process.cwd` that does not is an
 /// error naming it; the default (the first read-write path) falls back to `/` with a report.
 pub fn working_directory(
@@ -217,18 +237,22 @@ pub fn working_directory(
     prepared: &mut prepare::Prepared,
 ) -> Result<String, RunError> {
     let cwd = &plan.process.cwd;
+    let root = prepare::Root::of(&plan.filesystem);
+    let exists = root.resolve(cwd).is_ok_and(|p| p.is_dir());
     let in_view = cwd == "/"
-        || prepared
-            .landlock_paths
-            .iter()
-            .any(|(p, _)| Path::new(cwd).starts_with(p) && Path::new(cwd).exists())
-        || (plan
-            .filesystem
-            .baseline
-            .iter()
-            .any(|b| Path::new(cwd).starts_with(b))
-            && Path::new(cwd).exists())
-        || cwd == "/tmp";
+        || cwd == "/tmp"
+        || (exists
+            && prepared
+                .landlock_paths
+                .iter()
+                .any(|(p, _)| Path::new(cwd).starts_with(p)))
+        || (exists
+            && plan
+                .filesystem
+                .baseline
+                .iter()
+                .any(|b| Path::new(cwd).starts_with(b)))
+        || (exists && matches!(root, prepare::Root::Image(_)));
     if in_view {
         return Ok(cwd.clone());
     }
@@ -254,7 +278,7 @@ pub fn oci_spec(
         prepared,
         rootfs,
         args: req.args.clone(),
-        cgroups_path: format!("/agentcell/{}", req.id),
+        cgroups_path: cgroups_path(&req.id),
         uid: req.uid,
         gid: req.gid,
     };
