@@ -8,10 +8,10 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 # Debian packages: the build needs a C toolchain and libseccomp (libcontainer links it; the
-# escape suite compiles its probe with cc; busybox-static makes the image of the --rootfs test);
-# bubblewrap, runc and crun are the baselines of
-# benches/exec.sh.
-PKGS=(build-essential pkg-config libseccomp-dev busybox-static bubblewrap runc crun)
+# escape suite compiles its probe with cc; busybox-static makes the image of the --rootfs test;
+# nftables and iproute2 install and check the network fence in namespaces the tests create);
+# bubblewrap, runc and crun are the baselines of benches/exec.sh.
+PKGS=(build-essential pkg-config libseccomp-dev busybox-static nftables iproute2 bubblewrap runc crun)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -2,6 +2,7 @@
 
 mod cli;
 mod host;
+mod network;
 mod sandbox;
 
 use std::process::ExitCode;
