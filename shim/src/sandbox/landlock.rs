@@ -92,6 +92,18 @@ impl LandlockRules {
 
 impl Executor for LandlockExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        // The sandbox dies with its runner, even when the runner is SIGKILLed: this process is
+        // the PID namespace's init, so its death takes every process of the sandbox with it.
+        // SAFETY: prctl with constant arguments.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
         match self.rules.apply() {
             Ok(RulesetStatus::FullyEnforced) => {}
             Ok(other) if self.rules.best_effort => {

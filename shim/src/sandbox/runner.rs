@@ -93,6 +93,9 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             "this policy allows traffic out of the sandbox, which needs the nftables network fence; this build only runs policies without egress (no uplink)".into(),
         ));
     }
+    for gone in sweep(&req.state_root) {
+        tracing::info!(path = %gone, "removed what a dead runner left behind");
+    }
     let mut prepared = prepare::prepare(&plan.filesystem)?;
     let cwd = working_directory(plan, &mut prepared)?;
     let owned;
@@ -202,6 +205,48 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         })?;
     }
     Ok((outcome?, prepared.reports))
+}
+
+/// Removes what sandboxes of runners that died (SIGKILL, power loss) left behind: their state
+/// directories under `state_root` and their empty cgroups. Ids are `ac-<runner pid>-<nonce>`; a
+/// sandbox whose runner is alive is left alone. Its processes are already gone: the sandbox's
+/// init dies with its runner (PR_SET_PDEATHSIG), and with it the whole PID namespace.
+pub fn sweep(state_root: &Path) -> Vec<String> {
+    let runner_alive = |id: &str| {
+        id.strip_prefix("ac-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+            // SAFETY: kill with signal 0 only checks for existence.
+            .is_none_or(|pid| unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH))
+    };
+    let mut removed = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(state_root) {
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            if id.starts_with("ac-") && !runner_alive(&id) && remove_tree(&e.path()).is_ok() {
+                removed.push(e.path().display().to_string());
+            }
+        }
+    }
+    let roots = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("agentcell"));
+    for dir in roots.chain([PathBuf::from("/sys/fs/cgroup/agentcell")]) {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let id = e.file_name().to_string_lossy().into_owned();
+            // rmdir only succeeds on an empty cgroup: a live one is never removed.
+            if id.starts_with("ac-") && !runner_alive(&id) && std::fs::remove_dir(e.path()).is_ok()
+            {
+                removed.push(e.path().display().to_string());
+            }
+        }
+    }
+    removed
 }
 
 /// The spec `run` would use, with `rootfs` as the root path (for `--print-spec`).
