@@ -93,6 +93,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             "this policy allows traffic out of the sandbox, which needs the nftables network fence; this build only runs policies without egress (no uplink)".into(),
         ));
     }
+    let t0 = Instant::now();
     for gone in sweep(&req.state_root) {
         tracing::info!(path = %gone, "removed what a dead runner left behind");
     }
@@ -158,6 +159,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             message: e.to_string(),
         }
     };
+    tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "bundle written");
     let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_executor(LandlockExecutor { rules })
         .with_root_path(&containers)
@@ -169,6 +171,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         .with_detach(false)
         .build()
         .map_err(err("creating the container"))?;
+    tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "container created");
     let started = Instant::now();
     let outcome = (|| {
         container.start().map_err(err("starting the container"))?;
@@ -188,9 +191,11 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         })
     })();
     let init_pid = container.pid().map(|p| p.as_raw());
+    tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "workload ended");
     if let Err(e) = container.delete(true) {
         tracing::warn!(error = %e, id = %req.id, "deleting the container");
     }
+    tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "container deleted");
     if let Some(path) = &req.audit {
         let records = match (listener, init_pid) {
             (Some(l), Some(pid)) => {
