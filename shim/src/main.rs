@@ -70,8 +70,11 @@ fn init_logging(filter: Option<&str>) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("AGENTCELL_LOG").ok())
         .unwrap_or_else(|| EnvFilter::new("warn,libcgroups=error,libcontainer=error"));
+    // Colour only for a terminal: logs in files and CI stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .try_init();
 }

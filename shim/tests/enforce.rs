@@ -394,23 +394,58 @@ fn killing_the_runner_kills_the_sandbox_and_the_next_run_sweeps_its_state() {
     let f = Fixture::new("kill9");
     let state = f.mkdir("state");
     let marker = f.mkdir("m");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": [f.p("m")]}}));
+    let p =
+        f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": [f.p("m")]}}));
     let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_agentcell"))
-        .args(["run", "--state-dir", state.to_str().unwrap(), "--policy", &p, "--", "/bin/sh", "-c"])
-        .arg(format!("echo started > {m}/started; sleep 2; echo survived > {m}/survived", m = marker.display()))
+        .args([
+            "run",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--policy",
+            &p,
+            "--",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg(format!(
+            "echo started > {m}/started; sleep 2; echo survived > {m}/survived",
+            m = marker.display()
+        ))
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
     while !marker.join("started").exists() {
-        assert!(started.elapsed().as_secs() < 10, "the workload never started");
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the workload never started"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     runner.kill().unwrap(); // SIGKILL
     runner.wait().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    assert!(!marker.join("survived").exists(), "the workload outlived its runner");
-    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 1, "the dead runner's state is still there (until the sweep)");
-    let r = common::agentcell(&["run", "--state-dir", state.to_str().unwrap(), "--policy", &p, "--", "/bin/true"]);
+    assert!(
+        !marker.join("survived").exists(),
+        "the workload outlived its runner"
+    );
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        1,
+        "the dead runner's state is still there (until the sweep)"
+    );
+    let r = common::agentcell(&[
+        "run",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--policy",
+        &p,
+        "--",
+        "/bin/true",
+    ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "the next run sweeps what the dead runner left");
+    assert_eq!(
+        std::fs::read_dir(&state).unwrap().count(),
+        0,
+        "the next run sweeps what the dead runner left"
+    );
 }

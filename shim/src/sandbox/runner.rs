@@ -16,6 +16,8 @@ use nix::unistd::Pid;
 use super::landlock::{LandlockExecutor, LandlockRules};
 use super::prepare::{self, PrepareError};
 use super::spec::{self, SpecInput};
+use crate::network::link::{self, SandboxNet};
+use crate::network::{fence, nft};
 
 /// How a sandboxed workload ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,10 +89,10 @@ impl RunRequest<'_> {
 /// Runs the workload to completion under the plan.
 pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     let plan = req.plan;
-    if plan.network.needs_uplink {
-        // Fail closed until the namespace fence exists: a workload never starts less confined.
+    if plan.network.proxy.is_some() {
+        // Fail closed until the proxy fence exists: a workload never starts less confined.
         return Err(RunError::Network(
-            "this policy allows traffic out of the sandbox, which needs the nftables network fence; this build only runs policies without egress (no uplink)".into(),
+            "a network proxy needs the proxy fence, which this build does not have yet".into(),
         ));
     }
     let t0 = Instant::now();
@@ -125,7 +127,28 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         agentcell_policy::plan::RootSource::Rootfs { path } => PathBuf::from(path),
         agentcell_policy::plan::RootSource::HostBaseline => rootfs.clone(),
     };
-    let spec = oci_spec(req, &prepared, &root_dir)?;
+    // The sandbox's own network namespace, its link and its fence, before anything runs in it.
+    let net = SandboxNet::create(&req.id, plan.network.needs_uplink)
+        .map_err(|e| RunError::Network(e.to_string()))?;
+    if let Some(up) = &net.uplink {
+        tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
+        let mut rt = nft::Runtime {
+            host_addresses: link::host_addresses(),
+            ..Default::default()
+        };
+        rt.host_addresses.push(std::net::IpAddr::V4(up.host_ip));
+        for name in &plan.network.resolve_at_start {
+            let addrs: Vec<std::net::IpAddr> =
+                std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
+                    .map(|it| it.map(|sa| sa.ip()).collect())
+                    .unwrap_or_default();
+            tracing::info!(%name, ?addrs, "resolved once at start and pinned");
+            rt.resolved.insert(name.clone(), addrs);
+        }
+        fence::install(&net.path(), &nft::ruleset(&plan.network, &rt))
+            .map_err(|e| RunError::Network(e.to_string()))?;
+    }
+    let spec = oci_spec(req, &prepared, &root_dir, Some(net.path()))?;
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
@@ -233,6 +256,7 @@ pub fn sweep(state_root: &Path) -> Vec<String> {
             }
         }
     }
+    removed.extend(link::sweep(runner_alive));
     let roots = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
         .flatten()
@@ -263,7 +287,7 @@ pub fn spec_only(
     let mut plan = req.plan.clone();
     plan.process.cwd = working_directory(req.plan, &mut prepared)?;
     let req = req.with_plan(&plan);
-    oci_spec(&req, &prepared, rootfs)
+    oci_spec(&req, &prepared, rootfs, None)
 }
 
 /// libcontainer's systemd cgroup driver when systemd runs the host on cgroup v2, else cgroupfs.
@@ -322,6 +346,7 @@ pub fn oci_spec(
     req: &RunRequest,
     prepared: &prepare::Prepared,
     rootfs: &Path,
+    netns: Option<PathBuf>,
 ) -> Result<libcontainer::oci_spec::runtime::Spec, RunError> {
     let input = SpecInput {
         plan: req.plan,
@@ -331,6 +356,7 @@ pub fn oci_spec(
         cgroups_path: cgroups_path(&req.id),
         uid: req.uid,
         gid: req.gid,
+        netns,
     };
     Ok(spec::build(&input)?)
 }

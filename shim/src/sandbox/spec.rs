@@ -39,6 +39,8 @@ pub struct SpecInput<'a> {
     pub cgroups_path: String,
     pub uid: u32,
     pub gid: u32,
+    /// The network namespace to join (the runner's, with its fence); a new empty one otherwise.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 pub fn build(input: &SpecInput) -> Result<Spec, serde_json::Error> {
@@ -98,7 +100,8 @@ pub fn build_json(input: &SpecInput) -> Value {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     let mut linux = json!({
-        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}, {"type": "network"}],
+        "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
+            match &input.netns { Some(p) => json!({"type": "network", "path": p}), None => json!({"type": "network"}) }],
         "cgroupsPath": input.cgroups_path,
         "resources": {
             "pids": {"limit": plan.process.pids_max},
@@ -179,6 +182,7 @@ mod tests {
             cgroups_path: "/agentcell/x".into(),
             uid: 0,
             gid: 0,
+            netns: None,
         };
         let spec = build(&input).expect("valid OCI spec");
         let mounts = spec.mounts().as_ref().unwrap();

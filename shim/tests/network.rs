@@ -1,0 +1,298 @@
+//! The network suite (root): test hosts are network namespaces this test creates (198.18.0.0/16
+//! behind a veth), each serving TCP banners; a probe inside the sandbox reports, per destination,
+//! the banner it received or that it was blocked. Reachability is proven by our own banner,
+//! never by a bare connect. No traffic goes anywhere else.
+
+mod common;
+
+use std::process::{Child, Command};
+
+use common::{Fixture, require_root};
+use serde_json::json;
+
+const BANNER_SERVER: &str = r#"
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(16)
+    while True:
+        c, _ = s.accept(); c.sendall(f"BANNER-{port}\n".encode()); c.close()
+for p in sys.argv[1:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+open("/dev/stdout", "w").write("ready\n")
+threading.Event().wait()
+"#;
+
+const PROBE: &str = r#"
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        s = socket.create_connection((host, int(port)), timeout=1.0)
+        s.settimeout(1.0)
+        print(target, s.recv(64).decode().strip() or "NO-BANNER")
+    except Exception as e:
+        print(target, "BLOCKED")
+"#;
+
+/// A test host: a namespace with a veth to the host (198.18.K.1 host side, .2 and .3 inside),
+/// serving banners on the given ports.
+struct TestHost {
+    ns: String,
+    link: String,
+    server: Child,
+}
+
+impl TestHost {
+    fn new(k: u8, ports: &[u16]) -> Self {
+        let ns = format!("acth-{k}-{}", std::process::id());
+        let link = format!("acth{k}h{}", std::process::id() % 10000);
+        let ip = |args: &[&str]| {
+            assert!(
+                Command::new("ip").args(args).status().unwrap().success(),
+                "ip {args:?}"
+            )
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        ip(&["addr", "add", &format!("198.18.{k}.1/24"), "dev", &link]);
+        ip(&["link", "set", &link, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("198.18.{k}.2/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("198.18.{k}.3/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.18.{k}.1"),
+        ]);
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c", BANNER_SERVER])
+            .args(ports.iter().map(|p| p.to_string()))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self { ns, link, server }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .status();
+    }
+}
+
+/// Runs the probe in a sandbox under `network`, returning destination → outcome.
+fn probe(
+    f: &Fixture,
+    network: serde_json::Value,
+    targets: &[&str],
+) -> std::collections::BTreeMap<String, String> {
+    let script = f.write("probe/probe.py", PROBE);
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]}, "network": network}));
+    let mut args = vec![
+        "run",
+        "--policy",
+        &p,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+    ];
+    args.extend_from_slice(targets);
+    let r = common::agentcell(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.stdout
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(t, o)| (t.to_string(), o.to_string()))
+        .collect()
+}
+
+#[test]
+fn allow_by_cidr_and_port_lets_exactly_that_through() {
+    require_root();
+    let _h = TestHost::new(10, &[8080, 8081]);
+    let f = Fixture::new("net-allow");
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.10.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}),
+        &["198.18.10.2:8080", "198.18.10.2:8081", "198.18.10.3:8080"],
+    );
+    assert_eq!(got["198.18.10.2:8080"], "BANNER-8080", "{got:?}");
+    assert_eq!(got["198.18.10.2:8081"], "BLOCKED", "wrong port: {got:?}");
+    assert_eq!(
+        got["198.18.10.3:8080"], "BLOCKED",
+        "neighbour address: {got:?}"
+    );
+}
+
+#[test]
+fn deny_wins_except_carves_and_ranges_hold() {
+    require_root();
+    let _h = TestHost::new(11, &[8080, 8081, 8082]);
+    let f = Fixture::new("net-deny");
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "deny",
+            "allow": [{"to": [{"cidr": "198.18.11.0/24", "except": ["198.18.11.3/32"]}], "ports": [{"protocol": "tcp", "port": 8080, "endPort": 8081}]}],
+            "deny": [{"to": [{"cidr": "198.18.11.2/32"}], "ports": [{"protocol": "tcp", "port": 8081}]}]}}),
+        &[
+            "198.18.11.2:8080",
+            "198.18.11.2:8081",
+            "198.18.11.2:8082",
+            "198.18.11.3:8080",
+        ],
+    );
+    assert_eq!(got["198.18.11.2:8080"], "BANNER-8080", "{got:?}");
+    assert_eq!(
+        got["198.18.11.2:8081"], "BLOCKED",
+        "deny wins over an overlapping allow: {got:?}"
+    );
+    assert_eq!(
+        got["198.18.11.2:8082"], "BLOCKED",
+        "outside the range: {got:?}"
+    );
+    assert_eq!(
+        got["198.18.11.3:8080"], "BLOCKED",
+        "except carve-out: {got:?}"
+    );
+}
+
+#[test]
+fn the_host_is_closed_and_the_workload_cannot_change_its_rules() {
+    require_root();
+    let _h = TestHost::new(12, &[8080]);
+    let f = Fixture::new("net-host");
+    // Everything allowed but the host itself (hostLoopback defaults to deny).
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "allow"}}),
+        &["198.18.12.2:8080", "198.18.12.1:8080"],
+    );
+    assert_eq!(got["198.18.12.2:8080"], "BANNER-8080", "{got:?}");
+    assert_eq!(
+        got["198.18.12.1:8080"], "BLOCKED",
+        "the host's side of the test link is the host: {got:?}"
+    );
+
+    let script = f.write("probe/probe.py", PROBE);
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+        "network": {"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.12.3/32"}]}]}}}));
+    let r = common::agentcell(&[
+        "run",
+        "--policy",
+        &p,
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!(
+            "nft flush ruleset && echo FLUSH_LEAK; python3 {} 198.18.12.2:8080",
+            script.display()
+        ),
+    ]);
+    assert!(!r.stdout.contains("FLUSH_LEAK"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("198.18.12.2:8080 BLOCKED"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[test]
+fn links_and_namespaces_are_gone_after_exit() {
+    require_root();
+    let f = Fixture::new("net-clean");
+    let p =
+        f.policy(&json!({"version": "0.8.0-alpha", "network": {"egress": {"default": "allow"}}}));
+    let r = common::agentcell(&[
+        "--log",
+        "agentcell=debug",
+        "run",
+        "--policy",
+        &p,
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let log = r.stderr.replace("\u{1b}", "");
+    let field = |key: &str| {
+        let i = log
+            .find(&format!("{key}="))
+            .unwrap_or_else(|| panic!("{key} not logged: {log}"))
+            + key.len()
+            + 1;
+        log[i..]
+            .split(|c: char| c.is_whitespace() || c == '\u{1b}')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let (netns, link) = (field("netns"), field("link"));
+    assert!(
+        netns.starts_with("ac-") && link.starts_with("ac"),
+        "{netns} {link}"
+    );
+    assert!(
+        !std::path::Path::new("/run/netns").join(&netns).exists(),
+        "{netns} left behind"
+    );
+    let links = String::from_utf8(
+        Command::new("ip")
+            .args(["-o", "link"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !links.contains(&format!(": {link}@")) && !links.contains(&format!(": {link}:")),
+        "{link} left behind"
+    );
+    let tables = String::from_utf8(
+        Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !tables.contains("table inet agentcell"),
+        "the sandbox's table leaked into the host namespace: {tables}"
+    );
+}
