@@ -42,12 +42,12 @@ pub fn run(args: DoctorArgs) -> i32 {
                             _ => None,
                         })
                         .collect();
-                    let needs_fence = plan.network.needs_uplink;
+                    let needs_fence = plan.network.proxy.is_some();
                     json!({
                         "runs": weakened.is_empty() && !needs_fence,
                         "fullyEnforced": weakened.is_empty(),
                         "weakened": weakened,
-                        "why": if needs_fence { "needs the nftables network fence (not in this build)" } else { "" },
+                        "why": if needs_fence { "needs the proxy fence (not in this build)" } else { "" },
                     })
                 }
             },
