@@ -13,8 +13,9 @@ use serde_json::json;
 const BANNER_SERVER: &str = r#"
 import socket, sys, threading
 def serve(port):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(16)
+    s = socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port)); s.listen(16)
     while True:
         c, _ = s.accept(); c.sendall(f"BANNER-{port}\n".encode()); c.close()
 for p in sys.argv[1:]:
@@ -35,8 +36,9 @@ for target in sys.argv[1:]:
         print(target, "BLOCKED")
 "#;
 
-/// A test host: a namespace with a veth to the host (198.18.K.1 host side, .2 and .3 inside),
-/// serving banners on the given ports.
+/// A test host: a namespace with a veth to the host (198.18.K.1 and fd00:18:K::1 host side; .2,
+/// .3, ::2 and ::3 inside; fd00:18::/32 stays clear of this machine's own fd00::/64), serving
+/// banners on the given ports over both families.
 struct TestHost {
     ns: String,
     link: String,
@@ -88,6 +90,34 @@ impl TestHost {
             "via",
             &format!("198.18.{k}.1"),
         ]);
+        let (h6, a6, b6, gw6) = (
+            format!("fd00:18:{k}::1/64"),
+            format!("fd00:18:{k}::2/64"),
+            format!("fd00:18:{k}::3/64"),
+            format!("fd00:18:{k}::1"),
+        );
+        ip(&["-6", "addr", "add", &h6, "dev", &link, "nodad"]);
+        ip(&["-n", &ns, "-6", "addr", "add", &a6, "dev", "eth0", "nodad"]);
+        ip(&["-n", &ns, "-6", "addr", "add", &b6, "dev", "eth0", "nodad"]);
+        ip(&["-n", &ns, "-6", "route", "add", "default", "via", &gw6]);
+        // Neighbour discovery needs the link-local addresses out of duplicate detection.
+        let started = std::time::Instant::now();
+        loop {
+            let tentative = |args: &[&str]| {
+                let out = Command::new("ip").args(args).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).contains("tentative")
+            };
+            if !tentative(&["-6", "addr", "show", "dev", &link])
+                && !tentative(&["-n", &ns, "-6", "addr", "show", "dev", "eth0"])
+            {
+                break;
+            }
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "IPv6 addresses stayed tentative"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let mut server = Command::new("ip")
             .args(["netns", "exec", &ns, "python3", "-c", BANNER_SERVER])
             .args(ports.iter().map(|p| p.to_string()))
@@ -294,5 +324,41 @@ fn links_and_namespaces_are_gone_after_exit() {
     assert!(
         !tables.contains("table inet agentcell"),
         "the sandbox's table leaked into the host namespace: {tables}"
+    );
+}
+
+#[test]
+fn ipv6_is_fenced_like_ipv4_and_a_v4_only_allow_list_does_not_open_it() {
+    require_root();
+    let _h = TestHost::new(13, &[8080, 8081]);
+    let f = Fixture::new("net-v6");
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "deny", "allow": [{"to": [{"cidr": "fd00:18:13::2/128"}], "ports": [{"protocol": "tcp", "port": 8080}]}],
+            "deny": [{"to": [{"cidr": "fd00:18:13::3/128"}]}]}}),
+        &[
+            "fd00:18:13::2:8080",
+            "fd00:18:13::2:8081",
+            "fd00:18:13::3:8080",
+            "198.18.13.2:8080",
+        ],
+    );
+    assert_eq!(got["fd00:18:13::2:8080"], "BANNER-8080", "{got:?}");
+    assert_eq!(got["fd00:18:13::2:8081"], "BLOCKED", "{got:?}");
+    assert_eq!(got["fd00:18:13::3:8080"], "BLOCKED", "{got:?}");
+    assert_eq!(
+        got["198.18.13.2:8080"], "BLOCKED",
+        "a v6 allow-list does not open v4: {got:?}"
+    );
+
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.13.2/32"}]}]}}),
+        &["198.18.13.2:8080", "fd00:18:13::2:8080"],
+    );
+    assert_eq!(got["198.18.13.2:8080"], "BANNER-8080", "{got:?}");
+    assert_eq!(
+        got["fd00:18:13::2:8080"], "BLOCKED",
+        "a v4-only allow-list must not open v6: {got:?}"
     );
 }

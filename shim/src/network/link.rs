@@ -2,14 +2,15 @@
 //! with masquerading. Named after the sandbox id (`ac-<runner pid>-<nonce>`) so a startup sweep
 //! can remove what a dead runner left.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Sandbox links are numbered /30s of this block (RFC 2544 benchmarking space, never routed).
 const LINK_BLOCK: [u8; 2] = [198, 19];
-/// The host-wide table that masquerades sandbox traffic leaving the host.
+/// The host-wide tables that masquerade sandbox traffic leaving the host.
 pub const NAT_TABLE: &str = "agentcell_nat";
+pub const NAT6_TABLE: &str = "agentcell_nat6";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -49,6 +50,8 @@ pub struct Uplink {
     pub host_if: String,
     pub host_ip: Ipv4Addr,
     pub sandbox_ip: Ipv4Addr,
+    /// The IPv6 pair (a /64 of fdac::/16), when the host has IPv6.
+    pub v6: Option<(Ipv6Addr, Ipv6Addr)>,
 }
 
 impl SandboxNet {
@@ -56,70 +59,71 @@ impl SandboxNet {
         Path::new("/run/netns").join(&self.name)
     }
 
-    /// Creates the namespace `id`; with `uplink`, a veth pair to the host, addresses, a default
-    /// route and masquerading of its traffic.
+    /// Creates the namespace `id`; with `uplink`, a veth pair to the host, addresses (IPv4, and
+    /// IPv6 when the host has it), default routes and masquerading of its traffic.
     pub fn create(id: &str, uplink: bool) -> Result<Self, LinkError> {
         run("ip", &["netns", "add", id])?;
         let mut net = Self {
             name: id.to_string(),
             uplink: None,
         };
-        let ns = id;
-        if let Err(e) = (|| -> Result<(), LinkError> {
-            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-            if !uplink {
-                return Ok(());
-            }
-            let host_if = host_ifname(id);
-            let (host_ip, sandbox_ip) = free_subnet()?;
-            run(
-                "ip",
-                &[
-                    "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
-                ],
-            )?;
-            net.uplink = Some(Uplink {
-                host_if: host_if.clone(),
-                host_ip,
-                sandbox_ip,
-            });
-            run(
-                "ip",
-                &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
-            )?;
-            run("ip", &["link", "set", &host_if, "up"])?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{sandbox_ip}/30"),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &host_ip.to_string(),
-                ],
-            )?;
-            enable_forwarding_and_nat()?;
-            Ok(())
-        })() {
+        if let Err(e) = net.configure(uplink) {
             net.destroy();
             return Err(e);
         }
         Ok(net)
+    }
+
+    fn configure(&mut self, uplink: bool) -> Result<(), LinkError> {
+        let ns = self.name.clone();
+        let ns = ns.as_str();
+        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        if !uplink {
+            return Ok(());
+        }
+        let host_if = host_ifname(ns);
+        let (n, host_ip, sandbox_ip) = free_subnet()?;
+        let veth = [
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ];
+        run("ip", &veth)?;
+        let v6 = Path::new("/proc/net/if_inet6").exists().then(|| {
+            let n = n as u16;
+            (
+                Ipv6Addr::new(0xfdac, 0, n, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0xfdac, 0, n, 0, 0, 0, 0, 2),
+            )
+        });
+        self.uplink = Some(Uplink {
+            host_if: host_if.clone(),
+            host_ip,
+            sandbox_ip,
+            v6,
+        });
+        let (h4, s4) = (format!("{host_ip}/30"), format!("{sandbox_ip}/30"));
+        let gw4 = host_ip.to_string();
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["addr", "add", &h4, "dev", &host_if],
+            vec!["link", "set", &host_if, "up"],
+            vec!["-n", ns, "addr", "add", &s4, "dev", "eth0"],
+            vec!["-n", ns, "link", "set", "eth0", "up"],
+            vec!["-n", ns, "route", "add", "default", "via", &gw4],
+        ];
+        for args in steps {
+            run("ip", &args)?;
+        }
+        if let Some((h6, s6)) = v6 {
+            let (h6s, s6s, gw6) = (format!("{h6}/64"), format!("{s6}/64"), h6.to_string());
+            let steps: Vec<Vec<&str>> = vec![
+                vec!["-6", "addr", "add", &h6s, "dev", &host_if, "nodad"],
+                vec!["-n", ns, "-6", "addr", "add", &s6s, "dev", "eth0", "nodad"],
+                vec!["-n", ns, "-6", "route", "add", "default", "via", &gw6],
+            ];
+            for args in steps {
+                run("ip", &args)?;
+            }
+        }
+        enable_forwarding_and_nat(v6.is_some())
     }
 
     /// Deleting the namespace deletes its end of the veth, and so the pair.
@@ -145,8 +149,8 @@ fn host_ifname(id: &str) -> String {
     format!("ac{:012x}", h & 0xffff_ffff_ffff)
 }
 
-/// A /30 of 198.19.128.0/17 no host interface uses yet.
-fn free_subnet() -> Result<(Ipv4Addr, Ipv4Addr), LinkError> {
+/// A /30 of 198.19.128.0/17 no host interface uses yet, and its index (which numbers the /64).
+fn free_subnet() -> Result<(usize, Ipv4Addr, Ipv4Addr), LinkError> {
     let used = run("ip", &["-4", "-o", "addr", "show"])?;
     let start = (std::process::id() as usize * 7919 + used.len()) % 8192;
     for k in 0..8192 {
@@ -154,27 +158,51 @@ fn free_subnet() -> Result<(Ipv4Addr, Ipv4Addr), LinkError> {
         let (c, d) = (128 + (n / 64) as u8, ((n % 64) * 4) as u8);
         let host = Ipv4Addr::new(LINK_BLOCK[0], LINK_BLOCK[1], c, d + 1);
         if !used.contains(&format!(" {host}/")) {
-            return Ok((host, Ipv4Addr::new(LINK_BLOCK[0], LINK_BLOCK[1], c, d + 2)));
+            return Ok((
+                n,
+                host,
+                Ipv4Addr::new(LINK_BLOCK[0], LINK_BLOCK[1], c, d + 2),
+            ));
         }
     }
     Err(LinkError::Exhausted)
 }
 
-fn enable_forwarding_and_nat() -> Result<(), LinkError> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| LinkError::Command {
-        cmd: "sysctl net.ipv4.ip_forward=1".into(),
+fn sysctl_on(path: &str) -> Result<(), LinkError> {
+    std::fs::write(path, "1").map_err(|e| LinkError::Command {
+        cmd: format!("echo 1 > {path}"),
         message: e.to_string(),
-    })?;
-    let ruleset = serde_json::json!({"nftables": [
-        {"add": {"table": {"family": "ip", "name": NAT_TABLE}}},
-        {"flush": {"table": {"family": "ip", "name": NAT_TABLE}}},
-        {"add": {"chain": {"family": "ip", "table": NAT_TABLE, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
-        {"add": {"rule": {"family": "ip", "table": NAT_TABLE, "chain": "postrouting", "expr": [
-            {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "198.19.128.0", "len": 17}}}},
+    })
+}
+
+/// One host-wide table per family masquerading sandbox traffic that leaves through any interface
+/// but a sandbox link.
+fn nat_table(family: &str, table: &str, addr: &str, len: u8) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    vec![
+        json!({"add": {"table": {"family": family, "name": table}}}),
+        json!({"flush": {"table": {"family": family, "name": table}}}),
+        json!({"add": {"chain": {"family": family, "table": table, "name": "postrouting",
+            "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}),
+        json!({"add": {"rule": {"family": family, "table": table, "chain": "postrouting", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": family, "field": "saddr"}},
+                "right": {"prefix": {"addr": addr, "len": len}}}},
             {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "ac*"}},
             {"masquerade": null}
-        ]}}}
-    ]});
+        ]}}}),
+    ]
+}
+
+fn enable_forwarding_and_nat(v6: bool) -> Result<(), LinkError> {
+    sysctl_on("/proc/sys/net/ipv4/ip_forward")?;
+    let mut cmds = nat_table("ip", NAT_TABLE, "198.19.128.0", 17);
+    if v6 {
+        // IPv6 forwarding is host-wide, and makes interfaces with accept_ra=1 ignore router
+        // advertisements (README: host side effects).
+        sysctl_on("/proc/sys/net/ipv6/conf/all/forwarding")?;
+        cmds.extend(nat_table("ip6", NAT6_TABLE, "fdac::", 16));
+    }
+    let ruleset = serde_json::json!({ "nftables": cmds });
     super::fence::nft_in(
         Path::new("/proc/self/ns/net"),
         &["-j", "-f", "-"],

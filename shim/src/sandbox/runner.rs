@@ -137,6 +137,12 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             ..Default::default()
         };
         rt.host_addresses.push(std::net::IpAddr::V4(up.host_ip));
+        match up.v6 {
+            Some((h6, _)) => rt.host_addresses.push(std::net::IpAddr::V6(h6)),
+            None => tracing::warn!(
+                "this host has no IPv6: IPv6 destinations the policy allows are unreachable"
+            ),
+        }
         for name in &plan.network.resolve_at_start {
             let addrs: Vec<std::net::IpAddr> =
                 std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
@@ -147,16 +153,6 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         }
         fence::install(&net.path(), &nft::ruleset(&plan.network, &rt))
             .map_err(|e| RunError::Network(e.to_string()))?;
-        let v6_allowed = plan.network.egress_default == agentcell_policy::plan::net::Verdict::Accept
-            || plan.network.egress.iter().any(|r| {
-                r.verdict == agentcell_policy::plan::net::Verdict::Accept
-                    && matches!(&r.dest, agentcell_policy::plan::net::Dest::Net(n) if n.addr().is_ipv6())
-            });
-        if v6_allowed {
-            tracing::warn!(
-                "IPv6 is not routed out of sandboxes in this build: IPv6 destinations the policy allows are unreachable"
-            );
-        }
     }
     let spec = oci_spec(req, &prepared, &root_dir, Some(net.path()))?;
     std::fs::write(
