@@ -362,3 +362,64 @@ fn ipv6_is_fenced_like_ipv4_and_a_v4_only_allow_list_does_not_open_it() {
         "a v4-only allow-list must not open v6: {got:?}"
     );
 }
+
+#[test]
+fn a_proxy_is_a_fence() {
+    require_root();
+    let _h = TestHost::new(14, &[8080]);
+    // The proxy: a banner on the host's loopback (as MXC's runtimeConfig requires).
+    let port = 13000 + (std::process::id() % 1000) as u16;
+    let mut proxy = Command::new("python3")
+        .args(["-c", &format!(
+            "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('127.0.0.1',{port}));s.listen(8)\nprint('ready',flush=True)\nwhile True:\n c,_=s.accept();c.sendall(b'PROXY-BANNER\\n');c.close()"
+        )])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(proxy.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let f = Fixture::new("net-proxy");
+    let script = f.write("probe/probe.py", PROBE);
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+        "runtimeConfig": {"networkProxy": format!("http://127.0.0.1:{port}")}, "network": {"egress": {"default": "deny"}}}));
+    let r = common::agentcell(&[
+        "run",
+        "--policy",
+        &p,
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!(
+            "python3 {} 127.0.0.1:{port} 198.18.14.2:8080 fd00:18:14::2:8080; echo \"ENV $HTTP_PROXY $https_proxy $ALL_PROXY\"",
+            script.display()
+        ),
+    ]);
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains(&format!("127.0.0.1:{port} PROXY-BANNER")),
+        "the proxy is reachable: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("198.18.14.2:8080 BLOCKED"),
+        "direct IPv4 fails: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("fd00:18:14::2:8080 BLOCKED"),
+        "direct IPv6 fails: {}",
+        r.stdout
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        r.stdout.contains(&format!("ENV {url} {url} {url}")),
+        "variables set in both cases: {}",
+        r.stdout
+    );
+}

@@ -126,8 +126,52 @@ impl SandboxNet {
         enable_forwarding_and_nat(v6.is_some())
     }
 
+    /// Forwards `port` on the host's side of the link to the host's loopback (for a proxy that
+    /// listens on 127.0.0.1): a per-sandbox host table `ip ac_<id>` DNATs it, `route_localnet`
+    /// lets the host and the sandbox route loopback addresses over the link.
+    pub fn forward_to_host_loopback(&self, port: u16) -> Result<(), LinkError> {
+        let up = self.uplink.as_ref().ok_or(LinkError::Command {
+            cmd: "proxy forward".into(),
+            message: "no uplink".into(),
+        })?;
+        sysctl_on(&format!(
+            "/proc/sys/net/ipv4/conf/{}/route_localnet",
+            up.host_if
+        ))?;
+        in_netns(
+            &self.path(),
+            &[
+                "/proc/sys/net/ipv4/conf/all/route_localnet",
+                "/proc/sys/net/ipv4/conf/eth0/route_localnet",
+            ],
+        )?;
+        let table = host_table(&self.name);
+        let rules = serde_json::json!({"nftables": [
+            {"add": {"table": {"family": "ip", "name": table}}},
+            {"add": {"chain": {"family": "ip", "table": table, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}},
+            {"add": {"rule": {"family": "ip", "table": table, "chain": "prerouting", "expr": [
+                {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": up.host_if}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": up.host_ip.to_string()}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": port}},
+                {"dnat": {"addr": "127.0.0.1", "port": port}}
+            ]}}}
+        ]});
+        super::fence::nft_in(
+            Path::new("/proc/self/ns/net"),
+            &["-j", "-f", "-"],
+            Some(&rules.to_string()),
+        )
+        .map(|_| ())
+        .map_err(|e| LinkError::Command {
+            cmd: "nft (proxy forward)".into(),
+            message: e.to_string(),
+        })
+    }
+
     /// Deleting the namespace deletes its end of the veth, and so the pair.
     pub fn destroy(&self) {
+        // Only present when the sandbox used a loopback proxy.
+        let _ = run("nft", &["delete", "table", "ip", &host_table(&self.name)]);
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {
             tracing::warn!(error = %e, netns = %self.name, "removing the sandbox network namespace");
         }
@@ -137,6 +181,57 @@ impl SandboxNet {
 impl Drop for SandboxNet {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+/// The host table of a sandbox's own host-side rules (nft names take no `-`).
+fn host_table(id: &str) -> String {
+    id.replace('-', "_")
+}
+
+/// Writes 1 to each sysctl file inside the network namespace at `netns`.
+fn in_netns(netns: &Path, files: &[&str]) -> Result<(), LinkError> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    let ns = std::fs::File::open(netns).map_err(|e| LinkError::Command {
+        cmd: format!("open {}", netns.display()),
+        message: e.to_string(),
+    })?;
+    let fd = ns.as_raw_fd();
+    let paths: Vec<std::ffi::CString> = files
+        .iter()
+        .map(|f| std::ffi::CString::new(*f).expect("no NUL"))
+        .collect();
+    let mut cmd = Command::new("true");
+    // SAFETY: setns, open, write and close are async-signal-safe; the buffers were made before
+    // the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for p in &paths {
+                let f = libc::open(p.as_ptr(), libc::O_WRONLY);
+                if f < 0 || libc::write(f, b"1".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(f);
+            }
+            Ok(())
+        });
+    }
+    let status = cmd.status().map_err(|e| LinkError::Command {
+        cmd: "sysctl in the sandbox namespace".into(),
+        message: e.to_string(),
+    })?;
+    drop(ns);
+    if status.success() {
+        Ok(())
+    } else {
+        Err(LinkError::Command {
+            cmd: "sysctl in the sandbox namespace".into(),
+            message: status.to_string(),
+        })
     }
 }
 
@@ -239,6 +334,9 @@ pub fn sweep(runner_alive: impl Fn(&str) -> bool) -> Vec<String> {
     rd.flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("ac-") && !runner_alive(n))
-        .filter(|n| run("ip", &["netns", "del", n]).is_ok())
+        .filter(|n| {
+            let _ = run("nft", &["delete", "table", "ip", &host_table(n)]);
+            run("ip", &["netns", "del", n]).is_ok()
+        })
         .collect()
 }

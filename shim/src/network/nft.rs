@@ -135,6 +135,14 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
         vec![established.clone(), json!({"accept": null})],
     ));
     cmds.push(rule("egress", vec![nd.clone(), json!({"accept": null})]));
+    // The proxy first: a loopback proxy is reached through the host's side of the link (DNAT
+    // below), which the next rules otherwise close.
+    if let (Some(_), Some((ip, port))) = (&plan.proxy, rt.proxy) {
+        let mut expr = vec![addr_match(&ip, "daddr")];
+        expr.extend(l4_matches(L4::Tcp, Some((port, port)), ip.is_ipv6()));
+        expr.push(json!({"accept": null}));
+        cmds.push(rule("egress", expr));
+    }
     if plan.host_loopback == Verdict::Drop {
         for ip in &rt.host_addresses {
             cmds.push(rule(
@@ -146,12 +154,6 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
                 ],
             ));
         }
-    }
-    if let (Some(_), Some((ip, port))) = (&plan.proxy, rt.proxy) {
-        let mut expr = vec![addr_match(&ip, "daddr")];
-        expr.extend(l4_matches(L4::Tcp, Some((port, port)), ip.is_ipv6()));
-        expr.push(json!({"accept": null}));
-        cmds.push(rule("egress", expr));
     }
     if plan.dns_exemption {
         for l4 in [L4::Udp, L4::Tcp] {
@@ -187,6 +189,27 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
         }
     }
     cmds.push(terminal("ingress", plan.ingress_default));
+
+    // A proxy on the host's loopback (the only kind MXC's runtimeConfig allows) is not reachable
+    // from the sandbox's own loopback: its connections to 127.0.0.1:PORT are sent to the host's
+    // side of the link, where the host forwards them to its loopback.
+    if let (Some(fence), Some((IpAddr::V4(via), port))) = (&plan.proxy, rt.proxy)
+        && agentcell_policy::netspec::is_loopback_host(&fence.host)
+    {
+        cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "proxy_out", "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}}}));
+        cmds.push(json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "proxy_post", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}}));
+        cmds.push(rule("proxy_out", vec![
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}),
+            json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "th", "field": "dport"}}, "right": port}}),
+            json!({"dnat": {"family": "ip", "addr": via.to_string(), "port": port}}),
+        ]));
+        cmds.push(rule("proxy_post", vec![
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}}),
+            json!({"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "lo"}}),
+            json!({"masquerade": null}),
+        ]));
+    }
     json!({"nftables": cmds})
 }
 

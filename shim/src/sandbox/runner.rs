@@ -89,12 +89,6 @@ impl RunRequest<'_> {
 /// Runs the workload to completion under the plan.
 pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     let plan = req.plan;
-    if plan.network.proxy.is_some() {
-        // Fail closed until the proxy fence exists: a workload never starts less confined.
-        return Err(RunError::Network(
-            "a network proxy needs the proxy fence, which this build does not have yet".into(),
-        ));
-    }
     let t0 = Instant::now();
     for gone in sweep(&req.state_root) {
         tracing::info!(path = %gone, "removed what a dead runner left behind");
@@ -142,6 +136,9 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             None => tracing::warn!(
                 "this host has no IPv6: IPv6 destinations the policy allows are unreachable"
             ),
+        }
+        if let Some(p) = &plan.network.proxy {
+            rt.proxy = Some(proxy_endpoint(p, &net, up)?);
         }
         for name in &plan.network.resolve_at_start {
             let addrs: Vec<std::net::IpAddr> =
@@ -282,6 +279,31 @@ pub fn sweep(state_root: &Path) -> Vec<String> {
         }
     }
     removed
+}
+
+/// Where the sandbox reaches its proxy: a loopback proxy through the host's side of the link
+/// (forwarded to the host's loopback), an address as it is, a name resolved once now.
+fn proxy_endpoint(
+    p: &agentcell_policy::plan::net::ProxyFence,
+    net: &SandboxNet,
+    up: &link::Uplink,
+) -> Result<(std::net::IpAddr, u16), RunError> {
+    if agentcell_policy::netspec::is_loopback_host(&p.host) {
+        net.forward_to_host_loopback(p.port)
+            .map_err(|e| RunError::Network(e.to_string()))?;
+        return Ok((std::net::IpAddr::V4(up.host_ip), p.port));
+    }
+    let host = p.host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse() {
+        return Ok((ip, p.port));
+    }
+    let ip = std::net::ToSocketAddrs::to_socket_addrs(&(host, p.port))
+        .ok()
+        .and_then(|mut it| it.next())
+        .map(|sa| sa.ip())
+        .ok_or_else(|| RunError::Network(format!("could not resolve the proxy host {host}")))?;
+    tracing::info!(%host, %ip, "proxy host resolved once at start and pinned");
+    Ok((ip, p.port))
 }
 
 /// The spec `run` would use, with `rootfs` as the root path (for `--print-spec`).
