@@ -423,3 +423,77 @@ fn a_proxy_is_a_fence() {
         r.stdout
     );
 }
+
+#[test]
+fn a_listener_in_the_sandbox_is_unreachable_from_test_hosts_and_the_host() {
+    require_root();
+    let h = TestHost::new(15, &[8080]);
+    let f = Fixture::new("net-ingress");
+    let listener = f.write(
+        "probe/listen.py",
+        "import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',9090));s.listen(8);s.settimeout(4)\nprint('listening',flush=True)\nn=0\ntry:\n  while True:\n    c,_=s.accept();c.sendall(b'SANDBOX-BANNER\\n');c.close();n+=1\nexcept OSError:\n  pass\nprint('accepted',n,flush=True)\n",
+    );
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+        "network": {"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.15.0/24"}]}]}}}));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_agentcell"))
+        .args([
+            "--log",
+            "agentcell=debug",
+            "run",
+            "--policy",
+            &p,
+            "--",
+            "python3",
+            listener.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut sandbox_ip = String::new();
+    for _ in 0..50 {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut err, &mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(i) = line.find("sandbox_ip=") {
+            sandbox_ip = line[i + 11..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+            break;
+        }
+    }
+    assert!(!sandbox_ip.is_empty(), "no sandbox address logged");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "listening");
+    let target = format!("{sandbox_ip}:9090");
+    let from_test_host = Command::new("ip")
+        .args(["netns", "exec", &h.ns, "python3", "-c", PROBE, &target])
+        .output()
+        .unwrap();
+    let from_host = Command::new("python3")
+        .args(["-c", PROBE, &target])
+        .output()
+        .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        String::from_utf8_lossy(&from_test_host.stdout).contains("BLOCKED"),
+        "{from_test_host:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&from_host.stdout).contains("BLOCKED"),
+        "{from_host:?}"
+    );
+    assert_eq!(
+        rest.trim(),
+        "accepted 0",
+        "the listener accepted a connection"
+    );
+}
