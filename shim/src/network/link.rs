@@ -43,6 +43,8 @@ pub struct SandboxNet {
     pub name: String,
     /// The host side of the link and both addresses, when the sandbox has an uplink.
     pub uplink: Option<Uplink>,
+    /// Whether a host-side proxy forward (table `ip ac_<id>`) was installed.
+    proxy_forward: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -62,10 +64,11 @@ impl SandboxNet {
     /// Creates the namespace `id`; with `uplink`, a veth pair to the host, addresses (IPv4, and
     /// IPv6 when the host has it), default routes and masquerading of its traffic.
     pub fn create(id: &str, uplink: bool) -> Result<Self, LinkError> {
-        run("ip", &["netns", "add", id])?;
+        new_netns(id)?;
         let mut net = Self {
             name: id.to_string(),
             uplink: None,
+            proxy_forward: false,
         };
         if let Err(e) = net.configure(uplink) {
             net.destroy();
@@ -75,18 +78,12 @@ impl SandboxNet {
     }
 
     fn configure(&mut self, uplink: bool) -> Result<(), LinkError> {
-        let ns = self.name.clone();
-        let ns = ns.as_str();
-        run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         if !uplink {
             return Ok(());
         }
-        let host_if = host_ifname(ns);
+        let ns = self.name.clone();
+        let host_if = host_ifname(&ns);
         let (n, host_ip, sandbox_ip) = free_subnet()?;
-        let veth = [
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ];
-        run("ip", &veth)?;
         let v6 = Path::new("/proc/net/if_inet6").exists().then(|| {
             let n = n as u16;
             (
@@ -100,36 +97,29 @@ impl SandboxNet {
             sandbox_ip,
             v6,
         });
-        let (h4, s4) = (format!("{host_ip}/30"), format!("{sandbox_ip}/30"));
-        let gw4 = host_ip.to_string();
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["addr", "add", &h4, "dev", &host_if],
-            vec!["link", "set", &host_if, "up"],
-            vec!["-n", ns, "addr", "add", &s4, "dev", "eth0"],
-            vec!["-n", ns, "link", "set", "eth0", "up"],
-            vec!["-n", ns, "route", "add", "default", "via", &gw4],
-        ];
-        for args in steps {
-            run("ip", &args)?;
-        }
+        // Two `ip -batch` runs (host side, sandbox side) instead of one process per step.
+        let mut host = format!(
+            "link add {host_if} type veth peer name eth0 netns {ns}\naddr add {host_ip}/30 dev {host_if}\nlink set {host_if} up\n"
+        );
+        let mut inside = format!(
+            "addr add {sandbox_ip}/30 dev eth0\nlink set eth0 up\nroute add default via {host_ip}\n"
+        );
         if let Some((h6, s6)) = v6 {
-            let (h6s, s6s, gw6) = (format!("{h6}/64"), format!("{s6}/64"), h6.to_string());
-            let steps: Vec<Vec<&str>> = vec![
-                vec!["-6", "addr", "add", &h6s, "dev", &host_if, "nodad"],
-                vec!["-n", ns, "-6", "addr", "add", &s6s, "dev", "eth0", "nodad"],
-                vec!["-n", ns, "-6", "route", "add", "default", "via", &gw6],
-            ];
-            for args in steps {
-                run("ip", &args)?;
-            }
+            host.push_str(&format!("addr add {h6}/64 dev {host_if} nodad\n"));
+            inside.push_str(&format!(
+                "addr add {s6}/64 dev eth0 nodad\nroute add default via {h6}\n"
+            ));
         }
+        batch(&[], &host)?;
+        batch(&["-n", &ns], &inside)?;
         enable_forwarding_and_nat(v6.is_some())
     }
 
     /// Forwards `port` on the host's side of the link to the host's loopback (for a proxy that
     /// listens on 127.0.0.1): a per-sandbox host table `ip ac_<id>` DNATs it, `route_localnet`
     /// lets the host and the sandbox route loopback addresses over the link.
-    pub fn forward_to_host_loopback(&self, port: u16) -> Result<(), LinkError> {
+    pub fn forward_to_host_loopback(&mut self, port: u16) -> Result<(), LinkError> {
+        self.proxy_forward = true;
         let up = self.uplink.as_ref().ok_or(LinkError::Command {
             cmd: "proxy forward".into(),
             message: "no uplink".into(),
@@ -170,9 +160,10 @@ impl SandboxNet {
 
     /// Deleting the namespace deletes its end of the veth, and so the pair.
     pub fn destroy(&self) {
-        // Only present when the sandbox used a loopback proxy.
-        let _ = run("nft", &["delete", "table", "ip", &host_table(&self.name)]);
-        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+        if self.proxy_forward {
+            let _ = run("nft", &["delete", "table", "ip", &host_table(&self.name)]);
+        }
+        if let Err(e) = delete_netns(&self.name) {
             tracing::warn!(error = %e, netns = %self.name, "removing the sandbox network namespace");
         }
     }
@@ -181,6 +172,120 @@ impl SandboxNet {
 impl Drop for SandboxNet {
     fn drop(&mut self) {
         self.destroy();
+    }
+}
+
+/// `ip [OPTS] -batch -` with `commands`, one per line.
+fn batch(opts: &[&str], commands: &str) -> Result<(), LinkError> {
+    use std::io::Write as _;
+    let mut args: Vec<&str> = opts.to_vec();
+    args.extend(["-batch", "-"]);
+    let mut child = Command::new("ip")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| LinkError::Command {
+            cmd: format!("ip {}", args.join(" ")),
+            message: e.to_string(),
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(commands.as_bytes())
+        .map_err(|e| LinkError::Command {
+            cmd: "ip -batch".into(),
+            message: e.to_string(),
+        })?;
+    let out = child.wait_with_output().map_err(|e| LinkError::Command {
+        cmd: "ip -batch".into(),
+        message: e.to_string(),
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LinkError::Command {
+            cmd: format!("ip {} <<< {commands:?}", args.join(" ")),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// A named network namespace, as `ip netns add` makes it (a bind mount of the namespace at
+/// /run/netns/NAME), with its loopback up. Done on a short-lived thread (network namespaces are
+/// per thread), without spawning a process.
+fn new_netns(name: &str) -> Result<(), LinkError> {
+    let err = |m: String| LinkError::Command {
+        cmd: format!("creating network namespace {name}"),
+        message: m,
+    };
+    std::fs::create_dir_all("/run/netns").map_err(|e| err(e.to_string()))?;
+    let path = Path::new("/run/netns").join(name);
+    std::fs::File::create(&path).map_err(|e| err(e.to_string()))?;
+    let target = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    let made = std::thread::spawn(move || -> std::io::Result<()> {
+        // SAFETY: these calls act on this thread only (its network namespace) and on a socket
+        // it owns; the thread ends right after.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if sock < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (i, b) in b"lo\0".iter().enumerate() {
+                req.ifr_name[i] = *b as libc::c_char;
+            }
+            let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0
+            };
+            let e = std::io::Error::last_os_error();
+            libc::close(sock);
+            if !ok {
+                return Err(e);
+            }
+            let src = c"/proc/thread-self/ns/net";
+            if libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        }
+    })
+    .join()
+    .map_err(|_| err("the namespace thread panicked".into()))?;
+    made.map_err(|e| {
+        let _ = std::fs::remove_file(&path);
+        err(e.to_string())
+    })
+}
+
+/// Unmounts and removes /run/netns/NAME; the namespace (and its veth end) goes with its last user.
+fn delete_netns(name: &str) -> std::io::Result<()> {
+    let path = Path::new("/run/netns").join(name);
+    let c =
+        std::ffi::CString::new(path.to_string_lossy().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::ENOENT) {
+            return Err(e);
+        }
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 
@@ -336,7 +441,7 @@ pub fn sweep(runner_alive: impl Fn(&str) -> bool) -> Vec<String> {
         .filter(|n| n.starts_with("ac-") && !runner_alive(n))
         .filter(|n| {
             let _ = run("nft", &["delete", "table", "ip", &host_table(n)]);
-            run("ip", &["netns", "del", n]).is_ok()
+            delete_netns(n).is_ok()
         })
         .collect()
 }

@@ -122,9 +122,9 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         agentcell_policy::plan::RootSource::HostBaseline => rootfs.clone(),
     };
     // The sandbox's own network namespace, its link and its fence, before anything runs in it.
-    let net = SandboxNet::create(&req.id, plan.network.needs_uplink)
+    let mut net = SandboxNet::create(&req.id, plan.network.needs_uplink)
         .map_err(|e| RunError::Network(e.to_string()))?;
-    if let Some(up) = &net.uplink {
+    if let Some(up) = net.uplink.clone() {
         tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
         let mut rt = nft::Runtime {
             host_addresses: link::host_addresses(),
@@ -138,7 +138,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             ),
         }
         if let Some(p) = &plan.network.proxy {
-            rt.proxy = Some(proxy_endpoint(p, &net, up)?);
+            rt.proxy = Some(proxy_endpoint(p, &mut net, &up)?);
         }
         for name in &plan.network.resolve_at_start {
             let addrs: Vec<std::net::IpAddr> =
@@ -285,7 +285,7 @@ pub fn sweep(state_root: &Path) -> Vec<String> {
 /// (forwarded to the host's loopback), an address as it is, a name resolved once now.
 fn proxy_endpoint(
     p: &agentcell_policy::plan::net::ProxyFence,
-    net: &SandboxNet,
+    net: &mut SandboxNet,
     up: &link::Uplink,
 ) -> Result<(std::net::IpAddr, u16), RunError> {
     if agentcell_policy::netspec::is_loopback_host(&p.host) {
