@@ -421,6 +421,7 @@ fn killing_the_runner_kills_the_sandbox_and_the_next_run_sweeps_its_state() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let dead = format!("ac-{}-", runner.id());
     runner.kill().unwrap(); // SIGKILL
     runner.wait().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -432,6 +433,18 @@ fn killing_the_runner_kills_the_sandbox_and_the_next_run_sweeps_its_state() {
         std::fs::read_dir(&state).unwrap().count(),
         1,
         "the dead runner's state is still there (until the sweep)"
+    );
+    let netns_of_dead = || {
+        std::fs::read_dir("/run/netns")
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&dead))
+            })
+            .unwrap_or(false)
+    };
+    assert!(
+        netns_of_dead(),
+        "the dead runner left its network namespace (until the sweep)"
     );
     let r = common::agentcell(&[
         "run",
@@ -447,5 +460,16 @@ fn killing_the_runner_kills_the_sandbox_and_the_next_run_sweeps_its_state() {
         std::fs::read_dir(&state).unwrap().count(),
         0,
         "the next run sweeps what the dead runner left"
+    );
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !netns.iter().any(|n| n.starts_with(&dead)),
+        "the dead runner's network namespace survived the sweep: {netns:?}"
     );
 }
