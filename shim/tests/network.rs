@@ -26,7 +26,21 @@ threading.Event().wait()
 
 const PROBE: &str = r#"
 import socket, sys
+def ping(host):
+    v6 = ":" in host
+    s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM,
+                      socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+    s.settimeout(1.0)
+    s.sendto(bytes([128 if v6 else 8, 0, 0, 0, 0, 1, 0, 1]) + b"agentcell", (host, 0))
+    data, _ = s.recvfrom(128)
+    return "ECHO-REPLY" if data[0] in (0, 129) else "OTHER"
 for target in sys.argv[1:]:
+    if target.startswith("icmp:"):
+        try:
+            print(target, ping(target[5:]))
+        except Exception as e:
+            print(target, "BLOCKED")
+        continue
     host, port = target.rsplit(":", 1)
     try:
         s = socket.create_connection((host, int(port)), timeout=1.0)
@@ -495,5 +509,32 @@ fn a_listener_in_the_sandbox_is_unreachable_from_test_hosts_and_the_host() {
         rest.trim(),
         "accepted 0",
         "the listener accepted a connection"
+    );
+}
+
+#[test]
+fn icmp_rules_hold_for_both_families() {
+    require_root();
+    let _h = TestHost::new(16, &[8080]);
+    let f = Fixture::new("net-icmp");
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "deny", "allow": [
+            {"to": [{"cidr": "198.18.16.2/32"}, {"cidr": "fd00:18:16::2/128"}], "ports": [{"protocol": "icmp"}]}]}}),
+        &[
+            "icmp:198.18.16.2",
+            "icmp:fd00:18:16::2",
+            "icmp:198.18.16.3",
+            "icmp:fd00:18:16::3",
+            "198.18.16.2:8080",
+        ],
+    );
+    assert_eq!(got["icmp:198.18.16.2"], "ECHO-REPLY", "{got:?}");
+    assert_eq!(got["icmp:fd00:18:16::2"], "ECHO-REPLY", "{got:?}");
+    assert_eq!(got["icmp:198.18.16.3"], "BLOCKED", "{got:?}");
+    assert_eq!(got["icmp:fd00:18:16::3"], "BLOCKED", "{got:?}");
+    assert_eq!(
+        got["198.18.16.2:8080"], "BLOCKED",
+        "an icmp rule opens no TCP: {got:?}"
     );
 }

@@ -249,6 +249,15 @@ fn new_netns(name: &str) -> Result<(), LinkError> {
             if !ok {
                 return Err(e);
             }
+            // Unprivileged ICMP echo sockets (ping) for the workload, as most distributions
+            // allow on the host; what they may reach is still the fence's `icmp` rules.
+            let range = c"/proc/sys/net/ipv4/ping_group_range";
+            let f = libc::open(range.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if f >= 0 {
+                let v = b"0 2147483647";
+                libc::write(f, v.as_ptr().cast(), v.len());
+                libc::close(f);
+            }
             let src = c"/proc/thread-self/ns/net";
             if libc::mount(
                 src.as_ptr(),
