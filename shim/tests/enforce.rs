@@ -434,18 +434,8 @@ fn killing_the_runner_kills_the_sandbox_and_the_next_run_sweeps_its_state() {
         1,
         "the dead runner's state is still there (until the sweep)"
     );
-    let netns_of_dead = || {
-        std::fs::read_dir("/run/netns")
-            .map(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&dead))
-            })
-            .unwrap_or(false)
-    };
-    assert!(
-        netns_of_dead(),
-        "the dead runner left its network namespace (until the sweep)"
-    );
+    // (Its network namespace is swept by whichever run comes next, which in a parallel test
+    // run may be another test's: only the outcome is checked below.)
     let r = common::agentcell(&[
         "run",
         "--state-dir",

@@ -538,3 +538,38 @@ fn icmp_rules_hold_for_both_families() {
         "an icmp rule opens no TCP: {got:?}"
     );
 }
+
+#[test]
+fn audit_reports_network_denials() {
+    require_root();
+    let _h = TestHost::new(17, &[8080]);
+    let f = Fixture::new("net-audit");
+    let script = f.write("probe/probe.py", PROBE);
+    let report = f.path("audit.jsonl");
+    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+        "network": {"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.17.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}}));
+    let r = common::agentcell(&[
+        "run",
+        "--audit",
+        report.to_str().unwrap(),
+        "--policy",
+        &p,
+        "--",
+        "python3",
+        script.to_str().unwrap(),
+        "198.18.17.2:8081",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["kind"] == "network"
+            && l["destination"] == "198.18.17.2"
+            && l["port"] == 8081
+            && l["protocol"] == "TCP"),
+        "{lines:#?}"
+    );
+}

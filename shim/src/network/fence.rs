@@ -139,7 +139,7 @@ mod tests {
             .filter(|c| c["add"].get("rule").is_some())
             .count();
         assert_eq!(rules, expected, "{listed}");
-        assert!(listed.contains("agentcell-egress-drop"));
+        assert!(listed.contains("egress-drop"));
         // The host's own namespace is untouched.
         let host = nft_in(Path::new("/proc/self/ns/net"), &["list", "tables"], None).unwrap();
         assert!(!host.contains("table inet agentcell"), "{host}");

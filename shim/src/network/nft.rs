@@ -16,8 +16,8 @@ use ipnet::IpNet;
 use serde_json::{Value, json};
 
 pub const TABLE: &str = "agentcell";
-/// Prefix of the kernel log lines of dropped packets (`agentcell-<chain>-drop `).
-pub const LOG_PREFIX: &str = "agentcell-";
+/// Kernel log lines of dropped packets start with `agentcell <sandbox id> <chain>-drop `.
+pub const LOG_PREFIX: &str = "agentcell ";
 
 /// What only the runner knows.
 #[derive(Debug, Clone, Default)]
@@ -28,17 +28,23 @@ pub struct Runtime {
     pub resolved: BTreeMap<String, Vec<IpAddr>>,
     /// Where the proxy is reachable from inside the namespace.
     pub proxy: Option<(IpAddr, u16)>,
+    /// The sandbox id, in the prefix of logged drops (so `--audit` keeps only its own).
+    pub id: String,
+}
+
+/// Counter, rate-limited log line and drop: every drop is visible (counters always, the kernel
+/// log at up to 10 packets a second per rule).
+fn logged_drop(chain: &str, rt: &Runtime) -> Vec<Value> {
+    vec![
+        json!({"counter": null}),
+        json!({"limit": {"rate": 10, "per": "second"}}),
+        json!({"log": {"prefix": format!("{LOG_PREFIX}{} {chain}-drop ", rt.id), "level": "info"}}),
+        json!({"drop": null}),
+    ]
 }
 
 fn rule(chain: &str, expr: Vec<Value>) -> Value {
     json!({"add": {"rule": {"family": "inet", "table": TABLE, "chain": chain, "expr": expr}}})
-}
-
-fn verdict(v: Verdict) -> Value {
-    match v {
-        Verdict::Accept => json!({"accept": null}),
-        Verdict::Drop => json!({"drop": null}),
-    }
 }
 
 fn daddr_match(net: &IpNet) -> Value {
@@ -95,22 +101,22 @@ fn net_rule(chain: &str, r: &NetRule, rt: &Runtime, out: &mut Vec<Value>) {
     for n in nets {
         let mut expr = vec![daddr_match(&n)];
         expr.extend(l4_matches(r.l4, r.ports, n.addr().is_ipv6()));
-        expr.push(json!({"counter": null}));
-        expr.push(verdict(r.verdict));
+        match r.verdict {
+            Verdict::Drop => expr.extend(logged_drop(chain, rt)),
+            Verdict::Accept => expr.extend([json!({"counter": null}), json!({"accept": null})]),
+        }
         out.push(rule(chain, expr));
     }
 }
 
-fn terminal(chain: &str, v: Verdict) -> Value {
-    let mut expr = vec![json!({"counter": null})];
-    if v == Verdict::Drop {
-        expr.push(json!({"limit": {"rate": 10, "per": "second"}}));
-        expr.push(
-            json!({"log": {"prefix": format!("{LOG_PREFIX}{chain}-drop "), "level": "info"}}),
-        );
+fn terminal(chain: &str, v: Verdict, rt: &Runtime) -> Value {
+    match v {
+        Verdict::Drop => rule(chain, logged_drop(chain, rt)),
+        Verdict::Accept => rule(
+            chain,
+            vec![json!({"counter": null}), json!({"accept": null})],
+        ),
     }
-    expr.push(verdict(v));
-    rule(chain, expr)
 }
 
 /// The whole ruleset: a fresh table (deleted first if present) with its two chains.
@@ -126,7 +132,7 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
         |key: &str| json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": "lo"}});
     let established = json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}});
     let nd = json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
-        "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert"]}}});
+        "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report"]}}});
 
     // Egress.
     cmds.push(rule("egress", vec![lo("oifname"), json!({"accept": null})]));
@@ -145,14 +151,9 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
     }
     if plan.host_loopback == Verdict::Drop {
         for ip in &rt.host_addresses {
-            cmds.push(rule(
-                "egress",
-                vec![
-                    addr_match(ip, "daddr"),
-                    json!({"counter": null}),
-                    json!({"drop": null}),
-                ],
-            ));
+            let mut expr = vec![addr_match(ip, "daddr")];
+            expr.extend(logged_drop("egress", rt));
+            cmds.push(rule("egress", expr));
         }
     }
     if plan.dns_exemption {
@@ -167,7 +168,7 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
         net_rule("egress", r, rt, &mut rules);
     }
     cmds.extend(rules);
-    cmds.push(terminal("egress", plan.egress_default));
+    cmds.push(terminal("egress", plan.egress_default, rt));
 
     // Ingress.
     cmds.push(rule(
@@ -178,17 +179,12 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
     cmds.push(rule("ingress", vec![nd, json!({"accept": null})]));
     if plan.host_loopback == Verdict::Drop {
         for ip in &rt.host_addresses {
-            cmds.push(rule(
-                "ingress",
-                vec![
-                    addr_match(ip, "saddr"),
-                    json!({"counter": null}),
-                    json!({"drop": null}),
-                ],
-            ));
+            let mut expr = vec![addr_match(ip, "saddr")];
+            expr.extend(logged_drop("ingress", rt));
+            cmds.push(rule("ingress", expr));
         }
     }
-    cmds.push(terminal("ingress", plan.ingress_default));
+    cmds.push(terminal("ingress", plan.ingress_default, rt));
 
     // A proxy on the host's loopback (the only kind MXC's runtimeConfig allows) is not reachable
     // from the sandbox's own loopback: its connections to 127.0.0.1:PORT are sent to the host's
@@ -268,7 +264,7 @@ mod tests {
             && r.contains("\"tcp\"")));
         let last = eg.last().unwrap();
         assert!(
-            last.contains("\"drop\"") && last.contains("agentcell-egress-drop"),
+            last.contains("\"drop\"") && last.contains("egress-drop"),
             "{last}"
         );
         // Both families share the table, so the default covers IPv6 too.

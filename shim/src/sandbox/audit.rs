@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -211,6 +212,98 @@ impl Listener {
     }
 }
 
+/// Dropped packets of one sandbox, from the kernel log (`/dev/kmsg`): the fence logs them with the
+/// prefix `agentcell <id> <chain>-drop `. Logging from a non-initial network namespace needs
+/// `net.netfilter.nf_log_all_netns=1`, which `start` sets (host-wide) and reports.
+pub struct KmsgListener {
+    lines: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    pub notices: Vec<String>,
+}
+
+impl KmsgListener {
+    pub fn start() -> std::io::Result<Self> {
+        use std::io::{BufRead as _, Seek as _};
+        let mut notices = Vec::new();
+        let knob = "/proc/sys/net/netfilter/nf_log_all_netns";
+        if std::fs::read_to_string(knob)
+            .map(|v| v.trim() != "1")
+            .unwrap_or(true)
+        {
+            std::fs::write(knob, "1")?;
+            notices.push("net.netfilter.nf_log_all_netns was 0; agentcell set it to 1 so dropped packets are logged".into());
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")?;
+        f.seek(std::io::SeekFrom::End(0))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (lines.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(f);
+            loop {
+                let mut line = String::new();
+                match r.read_line(&mut line) {
+                    Ok(n) if n > 0 => {
+                        if line.contains(LOG_MARK) {
+                            l.lock().expect("lines").push(line);
+                        }
+                    }
+                    _ => {
+                        if s.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            lines,
+            stop,
+            thread: Some(thread),
+            notices,
+        })
+    }
+
+    /// Stops (after a short drain) and returns the drops of sandbox `id` as JSON objects.
+    pub fn finish(mut self, id: &str) -> Vec<serde_json::Value> {
+        std::thread::sleep(Duration::from_millis(100));
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let mark = format!("{LOG_MARK}{id} ");
+        let lines = std::mem::take(&mut *self.lines.lock().expect("lines"));
+        lines
+            .iter()
+            .filter_map(|l| l.find(&mark).map(|i| &l[i + mark.len()..]))
+            .map(|rest| {
+                let chain = rest.split('-').next().unwrap_or("").to_string();
+                let kv = |k: &str| {
+                    rest.split_whitespace()
+                        .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                        .map(str::to_string)
+                };
+                serde_json::json!({
+                    "kind": "network",
+                    "chain": chain,
+                    "protocol": kv("PROTO"),
+                    "source": kv("SRC"),
+                    "destination": kv("DST"),
+                    "port": kv("DPT").and_then(|p| p.parse::<u16>().ok()),
+                    "record": rest.trim(),
+                })
+            })
+            .collect()
+    }
+}
+
+const LOG_MARK: &str = "agentcell ";
+
 /// `key=value` or `key="value"` from an audit record.
 pub fn field(text: &str, key: &str) -> Option<String> {
     let start = text.find(&format!(" {key}="))? + key.len() + 2;
@@ -223,7 +316,12 @@ pub fn field(text: &str, key: &str) -> Option<String> {
 }
 
 /// Writes one JSON line per denial, after the notices and a line naming what is not observable.
-pub fn write_report(path: &Path, notices: &[String], records: &[Record]) -> std::io::Result<()> {
+pub fn write_report(
+    path: &Path,
+    notices: &[String],
+    records: &[Record],
+    network: &[serde_json::Value],
+) -> std::io::Result<()> {
     let mut f = std::fs::File::create(path)?;
     for n in notices {
         writeln!(f, "{}", serde_json::json!({"kind": "notice", "message": n}))?;
@@ -233,6 +331,9 @@ pub fn write_report(path: &Path, notices: &[String], records: &[Record]) -> std:
         "{}",
         serde_json::json!({"kind": "notice", "message": "seccomp refusals (errno) and mount-masked paths are not reported by the kernel: not observable"})
     )?;
+    for n in network {
+        writeln!(f, "{n}")?;
+    }
     for r in records {
         writeln!(
             f,

@@ -128,6 +128,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
         let mut rt = nft::Runtime {
             host_addresses: link::host_addresses(),
+            id: req.id.clone(),
             ..Default::default()
         };
         rt.host_addresses.push(std::net::IpAddr::V4(up.host_ip));
@@ -163,6 +164,16 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
 
     let mut rules = landlock_rules(plan, &prepared);
     let mut notices = Vec::new();
+    // Network drops are logged by the fence whatever the Landlock ABI.
+    let kmsg = match &req.audit {
+        Some(_) => Some(
+            super::audit::KmsgListener::start().map_err(|source| RunError::Io {
+                step: "reading the kernel log".into(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let listener = match &req.audit {
         None => None,
         Some(_) if plan.host.landlock_abi.is_none_or(|a| a < 7) => {
@@ -230,9 +241,18 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             }
             _ => Vec::new(),
         };
-        super::audit::write_report(path, &notices, &records).map_err(|source| RunError::Io {
-            step: format!("writing {}", path.display()),
-            source,
+        let network = match kmsg {
+            Some(k) => {
+                notices.extend(k.notices.clone());
+                k.finish(&req.id)
+            }
+            None => Vec::new(),
+        };
+        super::audit::write_report(path, &notices, &records, &network).map_err(|source| {
+            RunError::Io {
+                step: format!("writing {}", path.display()),
+                source,
+            }
         })?;
     }
     Ok((outcome?, prepared.reports))
