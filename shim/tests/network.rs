@@ -573,3 +573,29 @@ fn audit_reports_network_denials() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn default_deny_blocks_everything() {
+    require_root();
+    let _h = TestHost::new(18, &[8080]);
+    let f = Fixture::new("net-default");
+    // No rules: no link out at all.
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "deny"}}),
+        &["198.18.18.2:8080", "fd00:18:18::2:8080", "icmp:198.18.18.2"],
+    );
+    assert!(got.values().all(|v| v == "BLOCKED"), "{got:?}");
+    // A link out for one destination: everything else still falls to the default.
+    let got = probe(
+        &f,
+        json!({"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.18.3/32"}], "ports": [{"protocol": "udp", "port": 53}]}]}}),
+        &[
+            "198.18.18.2:8080",
+            "198.18.18.3:8080",
+            "fd00:18:18::2:8080",
+            "icmp:198.18.18.2",
+        ],
+    );
+    assert!(got.values().all(|v| v == "BLOCKED"), "{got:?}");
+}
