@@ -423,19 +423,12 @@ fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRules {
             read.push(p.clone())
         }
     }
-    let devices = [
-        "/dev/null",
-        "/dev/zero",
-        "/dev/full",
-        "/dev/random",
-        "/dev/urandom",
-        "/dev/tty",
-        "/dev/pts",
-        "/dev/ptmx",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .collect();
+    // The plan's device nodes (/dev/shm is a directory the workload writes: in `write` above).
+    let devices = agentcell_policy::plan::landlock::DEV_NODES
+        .iter()
+        .filter(|d| **d != "/dev/shm")
+        .map(PathBuf::from)
+        .collect();
     LandlockRules {
         read,
         write,
