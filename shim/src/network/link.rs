@@ -411,17 +411,29 @@ fn enable_forwarding_and_nat(v6: bool) -> Result<(), LinkError> {
         sysctl_on("/proc/sys/net/ipv6/conf/all/forwarding")?;
         cmds.extend(nat_table("ip6", NAT6_TABLE, "fdac::", 16));
     }
+    // The NAT tables are the same for every sandbox: install them once per boot (/run is a
+    // tmpfs). If someone deletes them, sandbox traffic is no longer masqueraded and simply gets
+    // no replies: connectivity breaks, confinement does not.
+    let marker = Path::new("/run/agentcell").join(if v6 {
+        "nat-installed-46"
+    } else {
+        "nat-installed-4"
+    });
+    if marker.exists() {
+        return Ok(());
+    }
     let ruleset = serde_json::json!({ "nftables": cmds });
     super::fence::nft_in(
         Path::new("/proc/self/ns/net"),
         &["-j", "-f", "-"],
         Some(&ruleset.to_string()),
     )
-    .map(|_| ())
     .map_err(|e| LinkError::Command {
         cmd: "nft (host masquerade)".into(),
         message: e.to_string(),
-    })
+    })?;
+    let _ = std::fs::create_dir_all("/run/agentcell").and_then(|_| std::fs::write(&marker, ""));
+    Ok(())
 }
 
 /// Every address the host owns (IPv4 and IPv6), as the sandbox could reach them.
