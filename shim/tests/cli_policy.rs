@@ -1,5 +1,7 @@
 //! The `agentcell policy` CLI as a user runs it: exit codes, `FILE: PATH: message` errors, JSON.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -215,14 +217,7 @@ fn doctor_reports_this_host() {
     }
     assert_eq!(v["presets"].as_array().unwrap().len(), 4);
     // The Landlock ABI is probed with the syscall: it matches the kernel's answer here.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
+    let abi = common::kernel_landlock_abi();
     assert_eq!(v["landlockAbi"].as_i64(), (abi > 0).then_some(abi));
     let human = agentcell(&["doctor"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains("presets on this host:"));

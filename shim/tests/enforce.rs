@@ -306,23 +306,11 @@ fn audit_reports_landlock_denials() {
         "touch /proc/agentcell-probe; true",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = common::json_lines(&report);
     assert!(lines.iter().any(
         |l| l["kind"] == "notice" && l["message"].as_str().unwrap().contains("not observable")
     ));
-    // SAFETY: the syscall only returns the ABI.
-    let abi = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<u8>(),
-            0usize,
-            1u32,
-        )
-    };
+    let abi = common::kernel_landlock_abi();
     if abi >= 7 {
         assert!(
             lines.iter().any(|l| l["kind"] == "landlock"

@@ -560,11 +560,7 @@ fn audit_reports_network_denials() {
         "198.18.17.2:8081",
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&report)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = common::json_lines(&report);
     assert!(
         lines.iter().any(|l| l["kind"] == "network"
             && l["destination"] == "198.18.17.2"

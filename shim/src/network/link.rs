@@ -436,20 +436,27 @@ fn enable_forwarding_and_nat(v6: bool) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// Every address the host owns (IPv4 and IPv6), as the sandbox could reach them.
-pub fn host_addresses() -> Vec<IpAddr> {
-    let Ok(out) = run("ip", &["-j", "addr", "show"]) else {
-        return Vec::new();
+/// Every address the host owns (IPv4 and IPv6), as the sandbox could reach them. An error when
+/// they cannot be listed: the fence closes the host by these addresses, so guessing is not an
+/// option.
+pub fn host_addresses() -> Result<Vec<IpAddr>, LinkError> {
+    let out = run("ip", &["-j", "addr", "show"])?;
+    let bad = |m: String| LinkError::Command {
+        cmd: "ip -j addr show".into(),
+        message: m,
     };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
-        return Vec::new();
-    };
-    v.as_array()
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| bad(e.to_string()))?;
+    let addrs: Vec<IpAddr> = v
+        .as_array()
         .into_iter()
         .flatten()
         .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
-        .collect()
+        .collect();
+    if addrs.is_empty() {
+        return Err(bad("the host has no addresses to close".into()));
+    }
+    Ok(addrs)
 }
 
 /// Network namespaces of runners that died.

@@ -119,6 +119,28 @@ fn terminal(chain: &str, v: Verdict, rt: &Runtime) -> Value {
     }
 }
 
+/// Blocked names that resolved to no address while something could still let their traffic out
+/// (an accepting default or an allow rule): such a block would block nothing, so the sandbox is
+/// refused rather than started less confined than asked (as MXC's LXC backend refuses).
+pub fn unresolved_blocks(plan: &NetworkPlan, rt: &Runtime) -> Vec<String> {
+    let anything_open = plan.egress_default == Verdict::Accept
+        || plan.egress.iter().any(|r| r.verdict == Verdict::Accept);
+    if !anything_open {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = plan
+        .egress
+        .iter()
+        .filter(|r| r.verdict == Verdict::Drop)
+        .filter_map(|r| match &r.dest {
+            Dest::Name(n) if rt.resolved.get(n).is_none_or(Vec::is_empty) => Some(n.clone()),
+            _ => None,
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
 /// The whole ruleset: a fresh table (deleted first if present) with its two chains.
 pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
     let mut cmds = vec![
@@ -269,6 +291,26 @@ mod tests {
         );
         // Both families share the table, so the default covers IPv6 too.
         assert_eq!(v["nftables"][0]["add"]["table"]["family"], "inet");
+    }
+
+    #[test]
+    fn a_block_that_resolves_to_nothing_is_reported_when_traffic_could_pass() {
+        let doc = |default: &str| {
+            format!(
+                r#"{{"version":"0.7.0-alpha","containment":"lxc","lxc":{{"distribution":"a","release":"1"}},
+                "network":{{"defaultPolicy":"{default}","enforcementMode":"firewall","blockedHosts":["gone.example"]}}}}"#
+            )
+        };
+        let open = plan(&doc("allow"));
+        assert_eq!(
+            unresolved_blocks(&open, &Runtime::default()),
+            vec!["gone.example".to_string()]
+        );
+        let mut rt = Runtime::default();
+        rt.resolved
+            .insert("gone.example".into(), vec!["198.18.0.9".parse().unwrap()]);
+        assert!(unresolved_blocks(&open, &rt).is_empty());
+        assert!(unresolved_blocks(&plan(&doc("block")), &Runtime::default()).is_empty());
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     if let Some(up) = net.uplink.clone() {
         tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
         let mut rt = nft::Runtime {
-            host_addresses: link::host_addresses(),
+            host_addresses: link::host_addresses().map_err(|e| RunError::Network(e.to_string()))?,
             id: req.id.clone(),
             ..Default::default()
         };
@@ -148,6 +148,13 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
                     .unwrap_or_default();
             tracing::info!(%name, ?addrs, "resolved once at start and pinned");
             rt.resolved.insert(name.clone(), addrs);
+        }
+        let unresolved = nft::unresolved_blocks(&plan.network, &rt);
+        if !unresolved.is_empty() {
+            return Err(RunError::Network(format!(
+                "blocked host(s) {} resolved to no address while traffic could pass: the block would block nothing",
+                unresolved.join(", ")
+            )));
         }
         fence::install(&net.path(), &nft::ruleset(&plan.network, &rt))
             .map_err(|e| RunError::Network(e.to_string()))?;

@@ -103,3 +103,25 @@ pub fn agentcell(args: &[&str]) -> Ran {
 pub fn sh(policy: &str, script: &str) -> Ran {
     agentcell(&["run", "--policy", policy, "--", "/bin/sh", "-c", script])
 }
+
+/// A JSON Lines file (e.g. an `--audit` report), one value per line.
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The kernel's Landlock ABI, asked directly (0 or negative when unavailable).
+pub fn kernel_landlock_abi() -> i64 {
+    // SAFETY: with a null attribute, size 0 and the VERSION flag the syscall only returns the ABI.
+    unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    }
+}
