@@ -10,12 +10,17 @@ use std::path::{Path, PathBuf};
 use common::{Fixture, agentcell, require_root};
 
 fn configs_dir() -> PathBuf {
-    std::env::var_os("AGENTCELL_MXC_CONFORMANCE")
+    let dir = std::env::var_os("AGENTCELL_MXC_CONFORMANCE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/mxc-conformance")
-        })
-        .join("configs")
+        });
+    assert!(
+        dir.join("README.md").is_file(),
+        "MXC conformance data not found at {} (set AGENTCELL_MXC_CONFORMANCE)",
+        dir.display()
+    );
+    dir.join("configs")
 }
 
 /// The fixture tree MXC's bubblewrap/LXC scripts create under /mnt.
