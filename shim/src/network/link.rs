@@ -163,6 +163,13 @@ impl SandboxNet {
         if self.proxy_forward {
             let _ = run("nft", &["delete", "table", "ip", &host_table(&self.name)]);
         }
+        // The namespace is freed asynchronously by the kernel, and its veth end with it; delete
+        // the pair now so nothing of the sandbox outlives the run.
+        if let Some(up) = &self.uplink
+            && let Err(e) = run("ip", &["link", "del", &up.host_if])
+        {
+            tracing::warn!(error = %e, link = %up.host_if, "removing the sandbox link");
+        }
         if let Err(e) = delete_netns(&self.name) {
             tracing::warn!(error = %e, netns = %self.name, "removing the sandbox network namespace");
         }
