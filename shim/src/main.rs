@@ -1,9 +1,6 @@
 //! `agentcell`: run Microsoft MXC policies confined on Linux.
 
-mod cli;
-mod host;
-mod network;
-mod sandbox;
+use agentcell::cli;
 
 use std::process::ExitCode;
 

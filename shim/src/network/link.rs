@@ -356,6 +356,14 @@ fn in_netns(netns: &Path, files: &[&str]) -> Result<(), LinkError> {
     }
 }
 
+/// Removes the namespace `name` and its link, made by a process that is gone (the shim's
+/// `delete` after the shim died). Missing parts are not an error.
+pub fn remove(name: &str) {
+    let _ = run("nft", &["delete", "table", "ip", &host_table(name)]);
+    let _ = run("ip", &["link", "del", &host_ifname(name)]);
+    let _ = delete_netns(name);
+}
+
 /// `ac` + 12 hex digits of a hash of the id: unique enough, and under IFNAMSIZ.
 fn host_ifname(id: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -8,7 +8,7 @@ use landlock::{
     ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
     RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope,
 };
-use libcontainer::oci_spec::runtime::Spec;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
@@ -29,6 +29,12 @@ pub struct LandlockRules {
 #[derive(Clone)]
 pub struct LandlockExecutor {
     pub rules: LandlockRules,
+    /// Kill the sandbox when the process that made it dies (the CLI; a shim's containers
+    /// outlive the shim, as runc's do).
+    pub die_with_parent: bool,
+    /// A second seccomp filter loaded after Landlock, on top of the one in the spec (the shim
+    /// keeps a pod's own profile in the spec and stacks the plan's here).
+    pub stacked_seccomp: Option<LinuxSeccomp>,
 }
 
 impl LandlockRules {
@@ -94,16 +100,18 @@ impl Executor for LandlockExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         // The sandbox dies with its runner, even when the runner is SIGKILLed: this process is
         // the PID namespace's init, so its death takes every process of the sandbox with it.
-        // SAFETY: prctl with constant arguments.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
+        if self.die_with_parent {
+            // SAFETY: prctl with constant arguments.
+            unsafe {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
+        }
         match self.rules.apply() {
             Ok(RulesetStatus::FullyEnforced) => {}
             Ok(other) if self.rules.best_effort => {
@@ -115,6 +123,11 @@ impl Executor for LandlockExecutor {
                 )));
             }
             Err(e) => return Err(ExecutorError::Other(format!("landlock: {e}"))),
+        }
+        if let Some(filter) = &self.stacked_seccomp {
+            // no_new_privs is set (the spec asks for it), so an unprivileged filter loads.
+            libcontainer::seccomp::initialize_seccomp(filter)
+                .map_err(|e| ExecutorError::Other(format!("seccomp (the plan's filter): {e}")))?;
         }
         // The workload must not be PID 1 of its namespace: PID 1 ignores signals it has no
         // handler for (so `kill -9 $$` would do nothing) and would have to reap orphans. This

@@ -17,7 +17,7 @@ use super::landlock::{LandlockExecutor, LandlockRules};
 use super::prepare::{self, PrepareError};
 use super::spec::{self, SpecInput};
 use crate::network::link::{self, SandboxNet};
-use crate::network::{fence, nft};
+use crate::network::program::{self, Attachment};
 
 /// How a sandboxed workload ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,37 +126,8 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         .map_err(|e| RunError::Network(e.to_string()))?;
     if let Some(up) = net.uplink.clone() {
         tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
-        let mut rt = nft::Runtime {
-            host_addresses: link::host_addresses().map_err(|e| RunError::Network(e.to_string()))?,
-            id: req.id.clone(),
-            ..Default::default()
-        };
-        rt.host_addresses.push(std::net::IpAddr::V4(up.host_ip));
-        match up.v6 {
-            Some((h6, _)) => rt.host_addresses.push(std::net::IpAddr::V6(h6)),
-            None => tracing::warn!(
-                "this host has no IPv6: IPv6 destinations the policy allows are unreachable"
-            ),
-        }
-        if let Some(p) = &plan.network.proxy {
-            rt.proxy = Some(proxy_endpoint(p, &mut net, &up)?);
-        }
-        for name in &plan.network.resolve_at_start {
-            let addrs: Vec<std::net::IpAddr> =
-                std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 0))
-                    .map(|it| it.map(|sa| sa.ip()).collect())
-                    .unwrap_or_default();
-            tracing::info!(%name, ?addrs, "resolved once at start and pinned");
-            rt.resolved.insert(name.clone(), addrs);
-        }
-        let unresolved = nft::unresolved_blocks(&plan.network, &rt);
-        if !unresolved.is_empty() {
-            return Err(RunError::Network(format!(
-                "blocked host(s) {} resolved to no address while traffic could pass: the block would block nothing",
-                unresolved.join(", ")
-            )));
-        }
-        fence::install(&net.path(), &nft::ruleset(&plan.network, &rt))
+        let path = net.path();
+        program::program(&path, &plan.network, &req.id, Attachment::Uplink(&mut net))
             .map_err(|e| RunError::Network(e.to_string()))?;
     }
     let spec = oci_spec(req, &prepared, &root_dir, Some(net.path()))?;
@@ -205,7 +176,11 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     };
     tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "bundle written");
     let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
-        .with_executor(LandlockExecutor { rules })
+        .with_executor(LandlockExecutor {
+            rules,
+            die_with_parent: true,
+            stacked_seccomp: None,
+        })
         .with_root_path(&containers)
         .map_err(err("state directory"))?
         .validate_id()
@@ -308,31 +283,6 @@ pub fn sweep(state_root: &Path) -> Vec<String> {
     removed
 }
 
-/// Where the sandbox reaches its proxy: a loopback proxy through the host's side of the link
-/// (forwarded to the host's loopback), an address as it is, a name resolved once now.
-fn proxy_endpoint(
-    p: &agentcell_policy::plan::net::ProxyFence,
-    net: &mut SandboxNet,
-    up: &link::Uplink,
-) -> Result<(std::net::IpAddr, u16), RunError> {
-    if agentcell_policy::netspec::is_loopback_host(&p.host) {
-        net.forward_to_host_loopback(p.port)
-            .map_err(|e| RunError::Network(e.to_string()))?;
-        return Ok((std::net::IpAddr::V4(up.host_ip), p.port));
-    }
-    let host = p.host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse() {
-        return Ok((ip, p.port));
-    }
-    let ip = std::net::ToSocketAddrs::to_socket_addrs(&(host, p.port))
-        .ok()
-        .and_then(|mut it| it.next())
-        .map(|sa| sa.ip())
-        .ok_or_else(|| RunError::Network(format!("could not resolve the proxy host {host}")))?;
-    tracing::info!(%host, %ip, "proxy host resolved once at start and pinned");
-    Ok((ip, p.port))
-}
-
 /// The spec `run` would use, with `rootfs` as the root path (for `--print-spec`).
 pub fn spec_only(
     req: &RunRequest,
@@ -416,7 +366,7 @@ pub fn oci_spec(
     Ok(spec::build(&input)?)
 }
 
-fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRules {
+pub fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRules {
     let mut read: Vec<PathBuf> = plan.filesystem.baseline.iter().map(PathBuf::from).collect();
     if let agentcell_policy::plan::RootSource::Rootfs { .. } = plan.filesystem.root {
         read.push("/".into());

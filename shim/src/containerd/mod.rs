@@ -1,0 +1,136 @@
+//! `containerd-shim-agentcell-v2`: containerd's runtime v2 shim (task API v2, so one binary
+//! serves containerd 1.6, 1.7 and 2.x). containerd starts it for pods whose RuntimeClass handler
+//! is `agentcell` (`runtime_type = "io.containerd.agentcell.v2"`); it reads the MXC policy from
+//! the pod's annotations (`annotations`), rebuilds each container's spec around the plan
+//! (`confine`), fences the pod's network namespace, and runs the containers with libcontainer
+//! (`service`).
+
+pub mod annotations;
+pub mod config;
+pub mod confine;
+pub mod io;
+pub mod reaper;
+pub mod service;
+pub mod stats;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
+
+/// containerd's runtime type for this shim.
+pub const RUNTIME_TYPE: &str = "io.containerd.agentcell.v2";
+
+pub struct Shim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+    bundle: String,
+}
+
+impl containerd_shim::Shim for Shim {
+    type T = service::Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        init_logging(&args.action, &args.namespace, &args.id, args.debug);
+        Shim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            bundle: args.bundle.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        // One shim per pod: containers of a CRI pod group under their sandbox's id.
+        let grouping = std::fs::read_to_string("config.json")
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                v.pointer(&format!(
+                    "/annotations/{}",
+                    annotations::CRI_SANDBOX_ID.replace('/', "~1")
+                ))
+                .and_then(|s| s.as_str().map(String::from))
+            })
+            .unwrap_or_else(|| opts.id.clone());
+        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        let bundle = if self.bundle.is_empty() {
+            std::env::current_dir().unwrap_or_default()
+        } else {
+            Path::new(&self.bundle).to_path_buf()
+        };
+        Ok(service::delete_orphan(&self.namespace, &self.id, &bundle))
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        service::Service::new(&self.namespace, publisher, self.exit.clone())
+    }
+}
+
+/// Logs go to containerd's log FIFO (`log` in the bundle) when serving, to stderr otherwise;
+/// every line carries the namespace and the id the shim was started for.
+fn init_logging(action: &str, namespace: &str, id: &str, debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AGENTCELL_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(if debug {
+            "debug,libcgroups=info,libcontainer=info"
+        } else {
+            "info,libcgroups=warn,libcontainer=warn"
+        })
+    });
+    let fifo = (action.is_empty())
+        .then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags_nonblock()
+                .open("log")
+                .ok()
+        })
+        .flatten();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_target(false);
+    let _ = match fifo {
+        Some(f) => builder.with_writer(Mutex::new(f)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    tracing::info!(namespace, id, action, "agentcell shim");
+}
+
+use std::sync::Mutex;
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK)
+    }
+}
+
+/// The shim binary's entry point.
+pub fn main() {
+    containerd_shim::run::<Shim>(
+        RUNTIME_TYPE,
+        Some(Config {
+            // Our reaper (`reaper`) takes the exits; libcontainer reaps its own helpers.
+            no_reaper: true,
+            no_setup_logger: true,
+            ..Default::default()
+        }),
+    );
+}
