@@ -103,12 +103,11 @@ fn parse(origin: &str, text: &str) -> Result<Sourced, AnnotationError> {
         require_command: false,
         ..ParseOptions::default()
     };
-    let document = agentcell_policy::parse_with(text, &opts).map_err(|error| {
-        AnnotationError::Invalid {
+    let document =
+        agentcell_policy::parse_with(text, &opts).map_err(|error| AnnotationError::Invalid {
             key: origin.to_string(),
             error,
-        }
-    })?;
+        })?;
     let digest = canonical::digest(&document);
     Ok(Sourced {
         origin: origin.to_string(),
@@ -259,7 +258,14 @@ mod tests {
             }
         );
         // Other prefixes are not ours.
-        assert!(select(&ann(&[(POLICY, POD), ("example.com/x", "1")]), None, &node()).is_ok());
+        assert!(
+            select(
+                &ann(&[(POLICY, POD), ("example.com/x", "1")]),
+                None,
+                &node()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -267,8 +273,14 @@ mod tests {
         let bad = r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"maybe"}}}"#;
         let e = select(&ann(&[(POLICY, bad)]), None, &node()).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("annotation agentcell.dev/mxc-policy: "), "{msg}");
-        assert!(msg.contains("network.egress.default: unknown value `maybe`"), "{msg}");
+        assert!(
+            msg.starts_with("annotation agentcell.dev/mxc-policy: "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("network.egress.default: unknown value `maybe`"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -149,7 +149,9 @@ pub fn config_path_from_options(any_value: &[u8]) -> Option<String> {
         let end = i.checked_add(len as usize)?;
         let bytes = any_value.get(i..end)?;
         if field == 2 {
-            return String::from_utf8(bytes.to_vec()).ok().filter(|s| !s.is_empty());
+            return String::from_utf8(bytes.to_vec())
+                .ok()
+                .filter(|s| !s.is_empty());
         }
         i = end;
     }
@@ -184,7 +186,12 @@ mod tests {
         let c = ShimConfig::load(p.to_str().unwrap(), true).unwrap();
         assert!(c.allow_best_effort);
         assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
-        assert!(c.default_policy_text().unwrap().unwrap().contains("version"));
+        assert!(
+            c.default_policy_text()
+                .unwrap()
+                .unwrap()
+                .contains("version")
+        );
         std::fs::write(&p, "default_polcy = 1\n").unwrap();
         let e = ShimConfig::load(p.to_str().unwrap(), true).unwrap_err();
         assert!(e.to_string().contains("default_polcy"), "{e}");

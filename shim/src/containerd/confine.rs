@@ -83,9 +83,14 @@ pub struct Input<'a> {
 pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
     let orig = input.original;
     let plan = input.plan;
-    let oprocess = orig.get("process").ok_or(ConfineError::Missing("process"))?;
+    let oprocess = orig
+        .get("process")
+        .ok_or(ConfineError::Missing("process"))?;
     check_capabilities(oprocess.get("capabilities"))?;
-    let user = oprocess.get("user").cloned().unwrap_or(json!({"uid": 0, "gid": 0}));
+    let user = oprocess
+        .get("user")
+        .cloned()
+        .unwrap_or(json!({"uid": 0, "gid": 0}));
     let uid = user.get("uid").and_then(Value::as_u64).unwrap_or(0) as u32;
     let gid = user.get("gid").and_then(Value::as_u64).unwrap_or(0) as u32;
     let olinux = orig.get("linux").cloned().unwrap_or(json!({}));
@@ -97,7 +102,11 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
     let args: Vec<String> = oprocess
         .get("args")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let mut out = spec::build_json(&SpecInput {
         plan,
@@ -114,15 +123,16 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
     // The process: what the image and pod spec say, with the plan's environment, working
     // directory (when the policy sets one), and no privilege gain.
     let mut process = oprocess.clone();
-    let mut env: Vec<String> = oprocess
+    let env: Vec<String> = oprocess
         .get("env")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
-    for (k, v) in &plan.process.env {
-        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
-        env.push(format!("{k}={v}"));
-    }
+    let env = merge_env(env, &plan.process.env);
     process["env"] = json!(env);
     if plan.process.cwd_origin == "process.cwd" {
         process["cwd"] = json!(plan.process.cwd);
@@ -148,7 +158,13 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
     if let Some(p) = olinux.get("cgroupsPath") {
         linux.insert("cgroupsPath".into(), p.clone());
     }
-    for key in ["devices", "sysctl", "uidMappings", "gidMappings", "mountLabel"] {
+    for key in [
+        "devices",
+        "sysctl",
+        "uidMappings",
+        "gidMappings",
+        "mountLabel",
+    ] {
         if let Some(v) = olinux.get(key) {
             linux.insert(key.into(), v.clone());
         }
@@ -164,7 +180,12 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        for v in olinux.get(key).and_then(Value::as_array).into_iter().flatten() {
+        for v in olinux
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if !all.contains(v) {
                 all.push(v.clone());
             }
@@ -172,10 +193,18 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
         linux.insert(key.into(), json!(all));
     }
     let mut resources = olinux.get("resources").cloned().unwrap_or(json!({}));
-    if resources.pointer("/pids/limit").and_then(Value::as_i64).is_none_or(|l| l <= 0) {
+    if resources
+        .pointer("/pids/limit")
+        .and_then(Value::as_i64)
+        .is_none_or(|l| l <= 0)
+    {
         resources["pids"] = json!({"limit": plan.process.pids_max});
     }
-    if resources.pointer("/memory/limit").and_then(Value::as_i64).is_none_or(|l| l <= 0) {
+    if resources
+        .pointer("/memory/limit")
+        .and_then(Value::as_i64)
+        .is_none_or(|l| l <= 0)
+    {
         if !resources.get("memory").is_some_and(Value::is_object) {
             resources["memory"] = json!({});
         }
@@ -198,7 +227,12 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
             (depth(m), rank, m.clone())
         })
         .collect();
-    for m in orig.get("mounts").and_then(Value::as_array).into_iter().flatten() {
+    for m in orig
+        .get("mounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let Some(dest) = m.get("destination").and_then(Value::as_str) else {
             continue;
         };
@@ -242,10 +276,35 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
     })
 }
 
-fn check_capabilities(caps: Option<&Value>) -> Result<(), ConfineError> {
+/// The process's environment with the plan's variables set over it, and a PATH when it has
+/// none (what runc and containerd assume when an image sets none).
+pub fn merge_env(mut env: Vec<String>, plan_env: &[(String, String)]) -> Vec<String> {
+    for (k, v) in plan_env {
+        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
+        env.push(format!("{k}={v}"));
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    env
+}
+
+/// Refuses a process that asks for a capability in [`REFUSED_CAPABILITIES`].
+pub fn check_capabilities(caps: Option<&Value>) -> Result<(), ConfineError> {
     let Some(caps) = caps else { return Ok(()) };
-    for set in ["bounding", "effective", "permitted", "inheritable", "ambient"] {
-        for c in caps.get(set).and_then(Value::as_array).into_iter().flatten() {
+    for set in [
+        "bounding",
+        "effective",
+        "permitted",
+        "inheritable",
+        "ambient",
+    ] {
+        for c in caps
+            .get(set)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(c) = c.as_str()
                 && REFUSED_CAPABILITIES.contains(&c)
             {
@@ -280,15 +339,23 @@ fn mask_denied_inside(
         if e.access != Access::Denied || e.path == dest || !Path::new(&e.path).starts_with(dest) {
             continue;
         }
-        let rel = Path::new(&e.path).strip_prefix(dest).expect("checked above");
-        let is_file = Path::new(source).join(rel).metadata().is_ok_and(|m| !m.is_dir());
+        let rel = Path::new(&e.path)
+            .strip_prefix(dest)
+            .expect("checked above");
+        let is_file = Path::new(source)
+            .join(rel)
+            .metadata()
+            .is_ok_and(|m| !m.is_dir());
         let m = if is_file {
             json!({"destination": e.path, "type": "bind", "source": "/dev/null", "options": ["rbind", "nosuid", "nodev", "ro"]})
         } else {
             json!({"destination": e.path, "type": "tmpfs", "source": "tmpfs",
                 "options": ["nosuid", "nodev", "noexec", "uid=65534", "gid=65534", format!("size={}", plan.filesystem.denied_dir_tmpfs_size), "ro", "mode=000"]})
         };
-        notes.push(format!("denied {} masked inside the pod mount {dest}", e.path));
+        notes.push(format!(
+            "denied {} masked inside the pod mount {dest}",
+            e.path
+        ));
         ordered.push((depth_of(&e.path), 2, m));
     }
 }
@@ -315,10 +382,14 @@ fn allow_landlock(mut seccomp: Value) -> Value {
                     .is_some_and(|n| n.iter().any(|v| v.as_str() == Some(name)))
             })
     };
-    let missing: Vec<&str> = ["landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"]
-        .into_iter()
-        .filter(|n| !named(n))
-        .collect();
+    let missing: Vec<&str> = [
+        "landlock_create_ruleset",
+        "landlock_add_rule",
+        "landlock_restrict_self",
+    ]
+    .into_iter()
+    .filter(|n| !named(n))
+    .collect();
     if !missing.is_empty() {
         if !seccomp.get("syscalls").is_some_and(Value::is_array) {
             seccomp["syscalls"] = json!([]);
@@ -464,7 +535,12 @@ mod tests {
         assert!(data["options"].as_array().unwrap().contains(&json!("ro")));
         assert!(!data["options"].as_array().unwrap().contains(&json!("rw")));
         // Resolver files stay, read-only.
-        assert!(mount(&c, "/etc/hosts")["options"].as_array().unwrap().contains(&json!("ro")));
+        assert!(
+            mount(&c, "/etc/hosts")["options"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("ro"))
+        );
         // The denied path inside the volume is masked after the volume.
         let work = d.iter().position(|p| p == "/work").unwrap();
         let ssh = d.iter().position(|p| p == "/work/.ssh").unwrap();
@@ -484,10 +560,21 @@ mod tests {
         assert_eq!(p["user"]["uid"], 1000);
         assert_eq!(p["noNewPrivileges"], true);
         assert_eq!(p["cwd"], "/work");
-        let env: Vec<&str> = p["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert!(env.contains(&"MODE=policy") && !env.contains(&"MODE=pod"), "{env:?}");
+        let env: Vec<&str> = p["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"MODE=policy") && !env.contains(&"MODE=pod"),
+            "{env:?}"
+        );
         assert!(env.contains(&"HOME=/root"));
-        assert_eq!(p["capabilities"]["bounding"], json!(["CAP_CHOWN", "CAP_KILL"]));
+        assert_eq!(
+            p["capabilities"]["bounding"],
+            json!(["CAP_CHOWN", "CAP_KILL"])
+        );
     }
 
     #[test]
@@ -504,7 +591,13 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|r| r["names"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()))
+            .flat_map(|r| {
+                r["names"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap())
+            })
             .collect();
         assert!(names.contains(&"landlock_restrict_self"));
         assert_eq!(c.spec["root"]["readonly"], true);

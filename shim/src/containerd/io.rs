@@ -84,7 +84,9 @@ fn pipe() -> std::io::Result<(File, File)> {
 fn copy_stdin(path: String, sink: Arc<Mutex<Option<File>>>) {
     std::thread::spawn(move || {
         // Blocks until containerd opens its end.
-        let Ok(mut src) = File::open(&path) else { return };
+        let Ok(mut src) = File::open(&path) else {
+            return;
+        };
         let mut buf = [0u8; 32 * 1024];
         loop {
             let n = match src.read(&mut buf) {
@@ -102,7 +104,11 @@ fn copy_stdin(path: String, sink: Arc<Mutex<Option<File>>>) {
     });
 }
 
-pub fn setup(paths: &StdioPaths, state_dir: &Path, tag: &str) -> std::io::Result<(ProcessSide, ShimSide)> {
+pub fn setup(
+    paths: &StdioPaths,
+    state_dir: &Path,
+    tag: &str,
+) -> std::io::Result<(ProcessSide, ShimSide)> {
     let mut p = ProcessSide::default();
     let mut s = ShimSide::default();
     if paths.terminal {
@@ -135,18 +141,24 @@ impl ShimSide {
         let console = self.console.clone();
         let stdin = self.stdin.clone();
         Some(std::thread::spawn(move || {
-            let Ok((conn, _)) = listener.accept() else { return };
+            let Ok((conn, _)) = listener.accept() else {
+                return;
+            };
             let Some(master) = recv_fd(&conn) else {
                 tracing::warn!("no terminal received on the console socket");
                 return;
             };
             let master = File::from(master);
-            let (Ok(out), Ok(inp)) = (master.try_clone(), master.try_clone()) else { return };
+            let (Ok(out), Ok(inp)) = (master.try_clone(), master.try_clone()) else {
+                return;
+            };
             *console.lock().expect("console") = Some(master);
             if !paths.stdout.is_empty() {
                 let path = paths.stdout.clone();
                 std::thread::spawn(move || {
-                    let Ok(mut dst) = open_output(&path) else { return };
+                    let Ok(mut dst) = open_output(&path) else {
+                        return;
+                    };
                     let mut src = out;
                     let _ = std::io::copy(&mut src, &mut dst);
                 });
@@ -187,7 +199,13 @@ fn recv_fd(conn: &std::os::unix::net::UnixStream) -> Option<OwnedFd> {
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
     for c in msg.cmsgs().ok()? {
         if let ControlMessageOwned::ScmRights(fds) = c
             && let Some(fd) = fds.first()

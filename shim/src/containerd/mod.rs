@@ -78,26 +78,26 @@ impl containerd_shim::Shim for Shim {
     }
 }
 
-/// Logs go to containerd's log FIFO (`log` in the bundle) when serving, to stderr otherwise;
-/// every line carries the namespace and the id the shim was started for.
+/// Logs go to containerd's log FIFO (`log` in the bundle) when serving; every line carries the
+/// namespace and the id the shim was started for. `start` and `delete` log nothing: containerd
+/// reads their combined output as the answer.
 fn init_logging(action: &str, namespace: &str, id: &str, debug: bool) {
     use tracing_subscriber::EnvFilter;
+    if !action.is_empty() {
+        return;
+    }
     let filter = EnvFilter::try_from_env("AGENTCELL_LOG").unwrap_or_else(|_| {
         EnvFilter::new(if debug {
-            "debug,libcgroups=info,libcontainer=info"
+            "debug,libcgroups=error,libcontainer=info"
         } else {
-            "info,libcgroups=warn,libcontainer=warn"
+            "info,libcgroups=error,libcontainer=warn"
         })
     });
-    let fifo = (action.is_empty())
-        .then(|| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags_nonblock()
-                .open("log")
-                .ok()
-        })
-        .flatten();
+    let fifo = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags_nonblock()
+        .open("log")
+        .ok();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

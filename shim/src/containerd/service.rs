@@ -117,6 +117,16 @@ fn host() -> &'static agentcell_policy::Host {
     H.get_or_init(crate::host::probe)
 }
 
+/// The name of the network namespace the shim makes for a container that asked for a new one:
+/// unique per containerd namespace and container id, short enough for interface names.
+fn netns_name(namespace: &str, id: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in namespace.bytes().chain([b'/']).chain(id.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    format!("acs-{:012x}", h & 0xffff_ffff_ffff)
+}
+
 /// The fingerprint of a network plan (what a pod's namespace was fenced with).
 fn network_fingerprint(plan: &Plan) -> String {
     agentcell_policy::canonical::digest_of(
@@ -197,7 +207,12 @@ impl Service {
             .expect("execs")
             .get(exec_id)
             .cloned()
-            .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {exec_id} not found in {}", c.id)))
+            .ok_or_else(|| {
+                err(
+                    Code::NOT_FOUND,
+                    format!("exec {exec_id} not found in {}", c.id),
+                )
+            })
     }
 
     /// Everything `create` does before libcontainer: policy, rootfs, network, confined spec.
@@ -278,7 +293,10 @@ impl Service {
                 PlanError::Unsupported(v) => format!(
                     "annotation {}: {}",
                     chosen.origin,
-                    v.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    v.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 ),
                 other => format!("annotation {}: {other}", chosen.origin),
             })
@@ -333,21 +351,35 @@ impl Service {
                     }
                 }
                 Some(path) => {
-                    program::program(Path::new(path), &plan.network, &req.id, Attachment::Existing)
-                        .map_err(|e| fail(format!("network: fencing {path}: {e}")))?;
+                    program::program(
+                        Path::new(path),
+                        &plan.network,
+                        &req.id,
+                        Attachment::Existing,
+                    )
+                    .map_err(|e| fail(format!("network: fencing {path}: {e}")))?;
                     let sid = sandbox_id.clone().unwrap_or_else(|| req.id.clone());
                     self.record_pod(&sid, &fingerprint);
                     pod_sandbox = Some(sid);
                     tracing::info!(netns = %path, "pod network fenced");
                 }
                 None => {
-                    let name = format!("acs-{}", &req.id[..req.id.len().min(20)]);
+                    let name = netns_name(&self.s.namespace, &req.id);
+                    // A namespace of this name is what a killed shim left behind.
+                    if Path::new("/run/netns").join(&name).exists() {
+                        link::remove(&name);
+                    }
                     let mut net = SandboxNet::create(&name, plan.network.needs_uplink)
                         .map_err(|e| fail(format!("network: {e}")))?;
                     if net.uplink.is_some() {
                         let path = net.path();
-                        program::program(&path, &plan.network, &req.id, Attachment::Uplink(&mut net))
-                            .map_err(|e| fail(format!("network: {e}")))?;
+                        program::program(
+                            &path,
+                            &plan.network,
+                            &req.id,
+                            Attachment::Uplink(&mut net),
+                        )
+                        .map_err(|e| fail(format!("network: {e}")))?;
                     }
                     own_netns = Some(net);
                 }
@@ -534,30 +566,19 @@ impl Service {
 
     fn start_exec(&self, c: &Arc<Ctr>, p: &Arc<Proc>) -> TtrpcResult<i32> {
         let mut spec = p.spec.clone().unwrap_or_default();
-        if let Some(caps) = spec.get("capabilities") {
-            for set in ["bounding", "effective", "permitted", "inheritable", "ambient"] {
-                for cap in caps.get(set).and_then(Value::as_array).into_iter().flatten() {
-                    if let Some(cap) = cap.as_str()
-                        && confine::REFUSED_CAPABILITIES.contains(&cap)
-                    {
-                        return Err(err(
-                            Code::PERMISSION_DENIED,
-                            format!("exec {}: process.capabilities: {cap} refused", p.exec_id),
-                        ));
-                    }
-                }
-            }
-        }
+        confine::check_capabilities(spec.get("capabilities"))
+            .map_err(|e| err(Code::PERMISSION_DENIED, format!("exec {}: {e}", p.exec_id)))?;
         spec["noNewPrivileges"] = Value::Bool(true);
-        let mut env: Vec<String> = spec
+        let env: Vec<String> = spec
             .get("env")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
-        for (k, v) in &c.plan_env {
-            env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k.as_str()));
-            env.push(format!("{k}={v}"));
-        }
+        let env = confine::merge_env(env, &c.plan_env);
         spec["env"] = serde_json::json!(env);
         let path = c.dir.join(format!("exec-{}.json", p.exec_id));
         std::fs::write(&path, spec.to_string())
@@ -683,7 +704,11 @@ impl Task for Service {
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         self.touch();
         let c = self.get(&req.id)?;
         let pid = if req.exec_id.is_empty() {
@@ -719,7 +744,10 @@ impl Task for Service {
         if !req.exec_id.is_empty() {
             let p = self.process(&c, &req.exec_id)?;
             let e = p.exit.get().ok_or_else(|| {
-                err(Code::FAILED_PRECONDITION, format!("exec {} is still running", req.exec_id))
+                err(
+                    Code::FAILED_PRECONDITION,
+                    format!("exec {} is still running", req.exec_id),
+                )
             })?;
             c.execs.lock().expect("execs").remove(&req.exec_id);
             let _ = std::fs::remove_file(c.dir.join(format!("exec-{}.json", req.exec_id)));
@@ -739,7 +767,11 @@ impl Task for Service {
             let _ = c.init.exit.wait_timeout(Duration::from_secs(10));
         }
         self.cleanup(&c);
-        self.s.containers.lock().expect("containers").remove(&req.id);
+        self.s
+            .containers
+            .lock()
+            .expect("containers")
+            .remove(&req.id);
         let e = c.init.exit.get().unwrap_or(Exit {
             status: 137,
             at: SystemTime::now(),
@@ -791,7 +823,8 @@ impl Task for Service {
         let c = self.get(&req.id)?;
         let mut lc = Container::load(c.lc_root.join(&c.id))
             .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
-        lc.resume().map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        lc.resume()
+            .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         *c.phase.lock().expect("phase") = Phase::Running;
         let mut e = ev::TaskResumed::new();
         e.container_id = c.id.clone();
@@ -839,9 +872,15 @@ impl Task for Service {
             .ok_or_else(|| err(Code::INVALID_ARGUMENT, "exec without a process spec"))?;
         let mut execs = c.execs.lock().expect("execs");
         if execs.contains_key(&req.exec_id) {
-            return Err(err(Code::ALREADY_EXISTS, format!("exec {} exists", req.exec_id)));
+            return Err(err(
+                Code::ALREADY_EXISTS,
+                format!("exec {} exists", req.exec_id),
+            ));
         }
-        let terminal = spec.get("terminal").and_then(Value::as_bool).unwrap_or(req.terminal);
+        let terminal = spec
+            .get("terminal")
+            .and_then(Value::as_bool)
+            .unwrap_or(req.terminal);
         execs.insert(
             req.exec_id.clone(),
             Arc::new(Proc {
@@ -865,7 +904,11 @@ impl Task for Service {
         Ok(api::Empty::new())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
         let p = self.process(&c, &req.exec_id)?;
         p.io.lock()
@@ -907,7 +950,12 @@ impl Task for Service {
                 oom_score_adj: None,
                 disable_oom_killer: false,
             })
-            .map_err(|e| err(Code::INTERNAL, format!("updating resources of {}: {e}", c.id)))?;
+            .map_err(|e| {
+                err(
+                    Code::INTERNAL,
+                    format!("updating resources of {}: {e}", c.id),
+                )
+            })?;
         Ok(api::Empty::new())
     }
 
@@ -923,7 +971,11 @@ impl Task for Service {
         })
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         let c = self.get(&req.id)?;
         let p = self.process(&c, &req.exec_id)?;
         let pid = *p.pid.lock().expect("pid");
@@ -951,7 +1003,11 @@ impl Task for Service {
         })
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
         let c = self.get(&req.id)?;
         let pid = *c.init.pid.lock().expect("pid");
         let any = stats::metrics(pid).map_err(|e| err(Code::INTERNAL, e))?;
@@ -961,7 +1017,11 @@ impl Task for Service {
         })
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
         self.touch();
         let task_pid = self
             .s

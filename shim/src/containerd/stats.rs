@@ -16,7 +16,11 @@ pub fn cgroup_dir(pid: i32, controller: Option<&str>) -> Option<PathBuf> {
         let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
         match controller {
             Some(c) if ctrls.split(',').any(|x| x == c) => {
-                return Some(Path::new("/sys/fs/cgroup").join(c).join(path.trim_start_matches('/')));
+                return Some(
+                    Path::new("/sys/fs/cgroup")
+                        .join(c)
+                        .join(path.trim_start_matches('/')),
+                );
             }
             None if ctrls.is_empty() => {
                 let base = if Path::new("/sys/fs/cgroup/unified").is_dir() {
@@ -136,7 +140,10 @@ fn metrics_v2(pid: i32) -> Result<Any, String> {
     pack("io.containerd.cgroups.v2.Metrics", &m)
 }
 
-fn pack(type_name: &str, m: &dyn containerd_shim::protos::protobuf::MessageDyn) -> Result<Any, String> {
+fn pack(
+    type_name: &str,
+    m: &dyn containerd_shim::protos::protobuf::MessageDyn,
+) -> Result<Any, String> {
     let mut any = Any::new();
     any.type_url = type_name.to_string();
     any.value = m.write_to_bytes_dyn().map_err(|e| e.to_string())?;
@@ -150,11 +157,12 @@ pub fn pids(pid: i32) -> Vec<u32> {
     } else {
         cgroup_dir(pid, Some("pids")).or_else(|| cgroup_dir(pid, Some("memory")))
     };
-    let Some(dir) = dir else { return vec![pid as u32] };
+    let Some(dir) = dir else {
+        return vec![pid as u32];
+    };
     std::fs::read_to_string(dir.join("cgroup.procs"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
-

@@ -154,10 +154,35 @@ impl Executor for LandlockExecutor {
             // SAFETY: as above.
             unsafe { std::env::set_var(k, v) };
         }
+        close_exec_fds();
         super::init::run_as_init(|| DefaultExecutor {}.exec(spec))
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// Closes every descriptor marked close-on-exec now. The workload would not get them anyway,
+/// but the init that stays behind to reap never execs: it would keep, for example, the write end
+/// of a stdin pipe open, and the workload would never read EOF.
+fn close_exec_fds() {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/close on descriptors of this single-threaded process; a stale entry
+        // (the directory's own fd) fails harmlessly.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC != 0 {
+                libc::close(fd);
+            }
+        }
     }
 }

@@ -1,0 +1,234 @@
+//! The `ctr` path (root): containerd 1.6 from Debian starts `containerd-shim-agentcell-v2` for
+//! `ctr run --runtime io.containerd.agentcell.v2`; the policy comes from the
+//! `agentcell.dev/mxc-policy` annotation and must hold inside the container, for `ctr task
+//! exec` too.
+
+use agentcell_e2e::testhost::TestHost;
+use agentcell_e2e::{Containerd, image};
+use serde_json::json;
+
+const RUNTIME: &str = "io.containerd.agentcell.v2";
+
+fn annotation(policy: &serde_json::Value) -> String {
+    format!("agentcell.dev/mxc-policy={policy}")
+}
+
+fn policy() -> serde_json::Value {
+    json!({"version": "0.8.0-alpha",
+        "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
+        "network": {"egress": {"default": "deny"}}})
+}
+
+/// `ctr run --rm` of `script` under `policy`, on a busybox root filesystem.
+fn run(c: &Containerd, id: &str, policy: &serde_json::Value, script: &str) -> agentcell_e2e::Ran {
+    let rootfs = image::rootfs(&c.dir.join(format!("rootfs-{id}")));
+    c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(policy),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        id,
+        "/bin/sh",
+        "-c",
+        script,
+    ])
+}
+
+#[test]
+fn the_policy_holds_in_a_container_and_exit_codes_pass_through() {
+    let c = Containerd::start("ctr-fs");
+    let r = run(
+        &c,
+        "fs1",
+        &policy(),
+        "cat /etc/secret && echo READ-SECRET; cat /etc/passwd >/dev/null && echo READ-PASSWD; \
+         echo x > /work/f && echo WROTE-WORK; echo y > /f 2>/dev/null || echo ROOT-READONLY; \
+         echo z > /tmp/t && echo WROTE-TMP; exit 7",
+    );
+    assert_eq!(r.code, 7, "{r:?}\n{}", c.log());
+    assert!(!r.stdout.contains("READ-SECRET"), "{}", r.stdout);
+    assert!(r.stdout.contains("READ-PASSWD"), "{}", r.stdout);
+    assert!(r.stdout.contains("WROTE-WORK"), "{}", r.stdout);
+    assert!(r.stdout.contains("ROOT-READONLY"), "{}", r.stdout);
+    assert!(r.stdout.contains("WROTE-TMP"), "{}", r.stdout);
+    // The write reached the real directory.
+    assert_eq!(
+        std::fs::read_to_string(c.dir.join("rootfs-fs1/work/f")).unwrap(),
+        "x\n"
+    );
+}
+
+#[test]
+fn egress_is_fenced_by_the_policy() {
+    let host = TestHost::new(61, &[8080, 8081]);
+    let c = Containerd::start("ctr-net");
+    let p = json!({"version": "0.8.0-alpha",
+        "network": {"egress": {"default": "deny", "allow": [
+            {"to": [{"cidr": "198.18.61.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}});
+    let r = run(
+        &c,
+        "net1",
+        &p,
+        "for t in '198.18.61.2 8080' '198.18.61.2 8081' '198.18.61.3 8080'; do \
+           echo \"$t $(nc -w 2 $t </dev/null 2>/dev/null || echo BLOCKED)\"; done",
+    );
+    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    assert!(
+        r.stdout.contains("198.18.61.2 8080 BANNER-8080"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("BANNER-8081"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("198.18.61.3 8080 BANNER"),
+        "{}",
+        r.stdout
+    );
+    drop(host);
+}
+
+#[test]
+fn the_timeout_kills_the_container() {
+    let c = Containerd::start("ctr-timeout");
+    let mut p = policy();
+    p["timeoutMs"] = json!(1000);
+    let t0 = std::time::Instant::now();
+    let r = run(&c, "to1", &p, "sleep 60");
+    assert_eq!(r.code, 137, "{r:?}");
+    assert!(t0.elapsed().as_secs() < 30, "the deadline did not fire");
+}
+
+#[test]
+fn exec_ps_metrics_and_kill_behave_and_exec_is_confined() {
+    let c = Containerd::start("ctr-exec");
+    let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    let r = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(&policy()),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "ex1",
+        "/bin/sh",
+        "-c",
+        "sleep 1000 & sleep 1000",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    let r = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "ex1",
+        "/bin/sh",
+        "-c",
+        "cat /etc/secret && echo READ-SECRET; echo e > /work/e && echo WROTE; echo n > /n 2>/dev/null || echo RO; exit 3",
+    ]);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        !r.stdout.contains("READ-SECRET") && r.stdout.contains("WROTE") && r.stdout.contains("RO"),
+        "{}",
+        r.stdout
+    );
+    let r = c.ctr_input(
+        &["tasks", "exec", "--exec-id", "e2", "ex1", "/bin/cat"],
+        "through stdin\n",
+    );
+    assert_eq!(r.stdout, "through stdin\n", "{r:?}");
+    let ps = c.ctr(&["tasks", "ps", "ex1"]);
+    // The init, the shell and its two sleeps.
+    assert!(ps.stdout.lines().count() >= 4, "{}", ps.stdout);
+    let m = c.ctr(&["tasks", "metrics", "ex1"]);
+    assert!(
+        m.stdout.contains("memory.usage_in_bytes") || m.stdout.contains("memory.usage"),
+        "{m:?}"
+    );
+    assert!(m.stdout.contains("pids.current"), "{}", m.stdout);
+    let r = c.ctr(&["tasks", "kill", "-s", "SIGKILL", "-a", "ex1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut stopped = false;
+    for _ in 0..100 {
+        if c.ctr(&["tasks", "ls"]).stdout.contains("STOPPED") {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(stopped, "{}", c.ctr(&["tasks", "ls"]).stdout);
+    assert_eq!(c.ctr(&["tasks", "delete", "ex1"]).code, 0);
+}
+
+#[test]
+fn a_bad_policy_is_refused_with_its_key_path_and_reason() {
+    let c = Containerd::start("ctr-bad");
+    let bad = json!({"version": "0.8.0-alpha", "network": {"egress": {"default": "maybe"}}});
+    let r = run(&c, "bad1", &bad, "echo STARTED");
+    assert_ne!(r.code, 0);
+    assert!(!r.stdout.contains("STARTED"));
+    assert!(
+        r.stderr.contains("agentcell.dev/mxc-policy"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("network.egress.default"), "{}", r.stderr);
+    // A tampered digest.
+    let rootfs = image::rootfs(&c.dir.join("rootfs-d"));
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(&policy()),
+        "--annotation",
+        "agentcell.dev/policy-digest=sha256:0000",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "bad2",
+        "/bin/true",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("agentcell.dev/policy-digest"),
+        "{}",
+        r.stderr
+    );
+    // An unknown key under agentcell.dev/.
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(&policy()),
+        "--annotation",
+        "agentcell.dev/polcy=1",
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "bad3",
+        "/bin/true",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("agentcell.dev/polcy"), "{}", r.stderr);
+    // No policy and no node default.
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "bad4",
+        "/bin/true",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no policy"), "{}", r.stderr);
+    assert!(c.ctr(&["tasks", "ls", "-q"]).stdout.trim().is_empty());
+}
