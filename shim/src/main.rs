@@ -4,6 +4,7 @@ mod cli;
 mod host;
 mod network;
 mod sandbox;
+mod wsl;
 
 use std::process::ExitCode;
 

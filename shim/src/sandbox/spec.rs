@@ -99,6 +99,16 @@ pub fn build_json(input: &SpecInput) -> Value {
         .chain(plan.process.env.iter().cloned())
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    let (devices, device_rules) = gpu_devices(plan);
+    let masked: Vec<&str> = MASKED
+        .iter()
+        .copied()
+        .chain(
+            plan.wsl
+                .iter()
+                .flat_map(|w| w.proc_masked.iter().map(String::as_str)),
+        )
+        .collect();
     let mut linux = json!({
         "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             match &input.netns { Some(p) => json!({"type": "network", "path": p}), None => json!({"type": "network"}) }],
@@ -106,9 +116,10 @@ pub fn build_json(input: &SpecInput) -> Value {
         "resources": {
             "pids": {"limit": plan.process.pids_max},
             "memory": {"limit": plan.process.memory_max},
-            "devices": [{"allow": false, "access": "rwm"}]
+            "devices": std::iter::once(json!({"allow": false, "access": "rwm"})).chain(device_rules).collect::<Vec<_>>()
         },
-        "maskedPaths": MASKED,
+        "devices": devices,
+        "maskedPaths": masked,
         "readonlyPaths": READONLY,
         "seccomp": plan.seccomp,
     });
@@ -132,6 +143,27 @@ pub fn build_json(input: &SpecInput) -> Value {
         "mounts": mounts,
         "linux": linux,
     })
+}
+
+/// `--gpu`'s device nodes (created by the runtime in the fresh `/dev`, with the host node's
+/// numbers, mode and owner) and the cgroup rules allowing exactly those numbers. The planner
+/// refuses `--gpu` when a node has no numbers, so none is skipped here.
+fn gpu_devices(plan: &Plan) -> (Vec<Value>, Vec<Value>) {
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    for d in plan.gpu.iter().flat_map(|g| &g.devices) {
+        let (Some(major), Some(minor)) = (d.major, d.minor) else {
+            continue;
+        };
+        nodes.push(
+            json!({"path": d.path, "type": "c", "major": major, "minor": minor,
+            "fileMode": d.mode, "uid": d.uid, "gid": d.gid}),
+        );
+        rules.push(
+            json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rw"}),
+        );
+    }
+    (nodes, rules)
 }
 
 fn bind(source: &str, target: &str, readonly: bool) -> Value {
