@@ -364,7 +364,13 @@ fn report(
             reason: landlock_gaps.join("; "),
         }
     };
-    let count = |a: Access| view.entries.iter().filter(|e| e.access == a).count();
+    // The policy's own paths: the WSL hardening's masks and --gpu's libraries are listed apart.
+    let count = |a: Access| {
+        view.entries
+            .iter()
+            .filter(|e| e.access == a && e.origins.iter().any(|o| o.starts_with("filesystem.")))
+            .count()
+    };
     out.push(item(
         "filesystem.readonlyPaths",
         format!("{} path(s) readable, not writable", count(Access::ReadOnly)),
