@@ -274,6 +274,184 @@ fn device(root: &HostRoot, p: &str) -> GpuDevice {
 mod tests {
     use super::*;
 
+    use agentcell_policy::plan::{CompileOptions, PlanError, Status};
+    use agentcell_policy::{Host, ParseOptions};
+
+    use crate::host::{CgroupLayout, cgroup_layout_at, describe, systemd_is_init_at};
+
+    fn fixture(name: &str) -> HostRoot {
+        HostRoot::recorded(format!(
+            "{}/tests/fixtures/hosts/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+    }
+
+    fn compile(host: &Host, best_effort: bool) -> Result<agentcell_policy::Plan, PlanError> {
+        let text = agentcell_policy::presets::get("ml-toolchain").unwrap();
+        let doc = agentcell_policy::parse_with(text, &ParseOptions::default()).unwrap();
+        agentcell_policy::compile(
+            &doc,
+            host,
+            &CompileOptions {
+                best_effort,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn fields(p: &agentcell_policy::Plan) -> Vec<&str> {
+        p.enforcement.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    #[test]
+    fn wsl2_kernel_5_15() {
+        let root = fixture("wsl2-5.15");
+        let h = describe(&root);
+        let w = h.wsl.clone().expect("WSL detected");
+        assert_eq!(w.version, 2);
+        assert_eq!(h.kernel_release, "5.15.153.1-microsoft-standard-WSL2");
+        assert_eq!(h.landlock_abi, Some(1));
+        assert!(h.seccomp && !h.ipv6);
+        assert_eq!(w.interop_entries, ["/proc/sys/fs/binfmt_misc/WSLInterop"]);
+        assert_eq!(w.windows_drives, ["/mnt/c"]);
+        assert!(w.init && w.run_wsl && w.wslg && w.dxg && w.wsl_lib && w.usr_lib_wsl && !w.forced);
+        assert!(!systemd_is_init_at(&root));
+        assert_eq!(cgroup_layout_at(&root), CgroupLayout::Hybrid);
+        let g = h.gpu.clone().expect("dxg");
+        assert_eq!(g.kind, GpuKind::Dxg);
+        assert_eq!(g.devices[0].path, "/dev/dxg");
+        // A recorded stand-in is no device: --gpu would be refused, not silently empty.
+        assert_eq!(g.devices[0].major, None);
+        assert_eq!(g.libraries.len(), 2);
+        // ABI 1: hard requirement fails; best effort lists what is lost.
+        let e = compile(&h, false).unwrap_err().to_string();
+        assert!(
+            e.contains("filesystem (truncate)") && e.contains("Refer"),
+            "{e}"
+        );
+        let p = compile(&h, true).unwrap();
+        let f = fields(&p);
+        for want in [
+            "network (Landlock)",
+            "filesystem (truncate)",
+            "wsl (AF_VSOCK)",
+            "wsl (interop)",
+            "wsl (Windows drives)",
+        ] {
+            assert!(f.contains(&want), "{want}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn wsl2_kernel_6_6() {
+        let root = fixture("wsl2-6.6");
+        let h = describe(&root);
+        let w = h.wsl.clone().expect("WSL detected");
+        assert_eq!(w.version, 2);
+        assert_eq!(h.landlock_abi, Some(3));
+        assert_eq!(
+            w.interop_entries,
+            ["/proc/sys/fs/binfmt_misc/WSLInterop-late"]
+        );
+        assert_eq!(w.windows_drives, ["/mnt/c", "/mnt/d"]);
+        assert!(systemd_is_init_at(&root));
+        assert_eq!(cgroup_layout_at(&root), CgroupLayout::V2);
+        let p = compile(&h, true).unwrap();
+        let f = fields(&p);
+        assert!(
+            f.contains(&"network (Landlock)") && !f.contains(&"filesystem (truncate)"),
+            "{f:?}"
+        );
+        let weakened: Vec<&str> = p.weakened().map(|e| e.field.as_str()).collect();
+        assert!(
+            !weakened.iter().any(|w| w.starts_with("wsl")),
+            "{weakened:?}"
+        );
+        assert!(
+            compile(&h, false)
+                .unwrap_err()
+                .to_string()
+                .contains("IoctlDev")
+        );
+    }
+
+    #[test]
+    fn wsl2_kernel_6_18() {
+        let root = fixture("wsl2-6.18");
+        let h = describe(&root);
+        let w = h.wsl.clone().expect("WSL detected");
+        assert_eq!((w.version, h.landlock_abi), (2, Some(7)));
+        assert!(h.ipv6);
+        // WSLInterop-late is registered but disabled: not an open door.
+        assert_eq!(w.interop_entries, ["/proc/sys/fs/binfmt_misc/WSLInterop"]);
+        // /etc/wsl.conf moves the drives.
+        assert_eq!(w.windows_drives, ["/windows/c"]);
+        assert!(!w.wslg);
+        let p = compile(&h, false).expect("fully enforced on 6.18");
+        let f = fields(&p);
+        assert!(
+            !f.contains(&"network (Landlock)") && f.contains(&"wsl (Windows drives)"),
+            "{f:?}"
+        );
+        assert!(
+            p.enforcement
+                .iter()
+                .all(|e| !matches!(e.status, Status::Weakened { .. }))
+        );
+    }
+
+    #[test]
+    fn wsl1_is_detected_and_refused() {
+        let h = describe(&fixture("wsl1"));
+        let w = h.wsl.clone().expect("WSL detected");
+        assert_eq!(w.version, 1);
+        assert_eq!((h.landlock_abi, h.seccomp), (None, false));
+        assert_eq!(w.windows_drives, ["/mnt/c"]);
+        assert!(h.gpu.is_none());
+        let e = compile(&h, true).unwrap_err();
+        assert!(
+            matches!(&e, PlanError::Host { .. }) && e.to_string().contains("WSL1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_linux_with_nvidia() {
+        let root = fixture("debian-6.18");
+        let h = describe(&root);
+        assert!(h.wsl.is_none(), "{:?}", h.wsl);
+        assert_eq!(h.landlock_abi, Some(7));
+        let g = h.gpu.clone().expect("NVIDIA");
+        assert_eq!(g.kind, GpuKind::Nvidia);
+        let nodes: Vec<&str> = g.devices.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            nodes,
+            [
+                "/dev/nvidia-modeset",
+                "/dev/nvidia-uvm",
+                "/dev/nvidia-uvm-tools",
+                "/dev/nvidia0",
+                "/dev/nvidia1",
+                "/dev/nvidiactl"
+            ]
+        );
+        let libs: Vec<String> = g
+            .libraries
+            .iter()
+            .map(|l| l.rsplit('/').next().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            libs,
+            [
+                "libcuda.so.1",
+                "libnvidia-ml.so.1",
+                "libnvidia-ptxjitcompiler.so.1"
+            ]
+        );
+        let p = compile(&h, false).unwrap();
+        assert!(p.wsl.is_none() && !fields(&p).iter().any(|f| f.starts_with("wsl")));
+    }
+
     #[test]
     fn versions_from_kernel_strings() {
         assert_eq!(

@@ -164,3 +164,253 @@ pub(crate) fn insert(view: &mut FsView, path: &str, access: Access, origin: &str
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{ParseOptions, parse_with};
+    use crate::plan::wsl::WslHost;
+    use crate::plan::{CompileOptions, Host, Plan, PlanError, compile};
+
+    fn dev(path: &str, major: u64, minor: u64) -> GpuDevice {
+        GpuDevice {
+            path: path.into(),
+            host_path: path.into(),
+            major: Some(major),
+            minor: Some(minor),
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        }
+    }
+
+    fn wsl_gpu_host() -> Host {
+        Host {
+            wsl: Some(WslHost {
+                version: 2,
+                root: "/".into(),
+                forced: false,
+                interop_entries: vec![],
+                windows_drives: vec!["/mnt/c".into()],
+                init: true,
+                run_wsl: true,
+                wslg: false,
+                dxg: true,
+                wsl_lib: true,
+                usr_lib_wsl: true,
+            }),
+            gpu: Some(GpuHost {
+                kind: GpuKind::Dxg,
+                devices: vec![dev("/dev/dxg", 10, 125)],
+                libraries: vec!["/usr/lib/wsl/lib".into(), "/usr/lib/wsl/drivers".into()],
+            }),
+            ..Host::reference()
+        }
+    }
+
+    fn nvidia_host() -> Host {
+        Host {
+            gpu: Some(GpuHost {
+                kind: GpuKind::Nvidia,
+                devices: vec![dev("/dev/nvidiactl", 195, 255), dev("/dev/nvidia0", 195, 0)],
+                libraries: vec![
+                    "/usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+                    "/usr/local/nvidia/lib64/libnvidia-ml.so.1".into(),
+                ],
+            }),
+            ..Host::reference()
+        }
+    }
+
+    const POLICY: &str = r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#;
+
+    fn plan(host: &Host, gpu: bool) -> Result<Plan, PlanError> {
+        let doc = parse_with(POLICY, &ParseOptions::default()).unwrap();
+        compile(
+            &doc,
+            host,
+            &CompileOptions {
+                gpu,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn without_a_gpu_the_flag_is_refused() {
+        let e = plan(&Host::reference(), true).unwrap_err();
+        assert!(
+            matches!(&e, PlanError::Host { field, .. } if field == "--gpu"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no GPU on this host"), "{e}");
+        // A recorded host's stand-in file is not a device: refused, never a silent no-op.
+        let mut h = wsl_gpu_host();
+        h.gpu.as_mut().unwrap().devices[0].major = None;
+        let e = plan(&h, true).unwrap_err();
+        assert!(
+            e.to_string().contains("/dev/dxg is not a character device"),
+            "{e}"
+        );
+        let doc = parse_with(POLICY, &ParseOptions::default()).unwrap();
+        let opts = CompileOptions {
+            gpu: true,
+            rootfs: Some("/img".into()),
+            ..Default::default()
+        };
+        assert!(
+            compile(&doc, &wsl_gpu_host(), &opts)
+                .unwrap_err()
+                .to_string()
+                .contains("--rootfs")
+        );
+        // Without the flag a GPU host plans as before.
+        assert!(plan(&wsl_gpu_host(), false).unwrap().gpu.is_none());
+    }
+
+    /// What --gpu adds on WSL2: the node and the two library trees below the driver-store mask.
+    #[test]
+    fn on_wsl2_only_dxg_and_its_libraries_are_added() {
+        let without = plan(&wsl_gpu_host(), false).unwrap();
+        let with = plan(&wsl_gpu_host(), true).unwrap();
+        assert_eq!(
+            without
+                .filesystem
+                .access_of("/usr/lib/wsl/lib/libcuda.so.1"),
+            Some(Access::Denied)
+        );
+        assert_eq!(
+            with.filesystem.access_of("/usr/lib/wsl/lib/libcuda.so.1"),
+            Some(Access::ReadOnly)
+        );
+        assert_eq!(
+            with.filesystem
+                .access_of("/usr/lib/wsl/drivers/nv.inf/x.so"),
+            Some(Access::ReadOnly)
+        );
+        assert_eq!(
+            with.filesystem.access_of("/usr/lib/wsl/other"),
+            Some(Access::Denied)
+        );
+        assert_eq!(with.filesystem.access_of("/mnt/c"), None);
+        let g = with.gpu.as_ref().unwrap();
+        assert_eq!(
+            g.added_read_only,
+            ["/usr/lib/wsl/lib", "/usr/lib/wsl/drivers"]
+        );
+        assert_nothing_else_widened(
+            &without,
+            &with,
+            &["/usr/lib/wsl/lib", "/usr/lib/wsl/drivers"],
+            &["/dev/dxg"],
+        );
+    }
+
+    #[test]
+    fn on_native_linux_nodes_and_only_the_libraries_outside_the_baseline() {
+        let without = plan(&nvidia_host(), false).unwrap();
+        let with = plan(&nvidia_host(), true).unwrap();
+        let g = with.gpu.as_ref().unwrap();
+        assert_eq!(
+            g.already_visible,
+            ["/usr/lib/x86_64-linux-gnu/libcuda.so.1"]
+        );
+        assert_eq!(
+            g.added_read_only,
+            ["/usr/local/nvidia/lib64/libnvidia-ml.so.1"]
+        );
+        assert_nothing_else_widened(
+            &without,
+            &with,
+            &["/usr/local/nvidia/lib64/libnvidia-ml.so.1"],
+            &["/dev/nvidiactl", "/dev/nvidia0"],
+        );
+        let e = with
+            .enforcement
+            .iter()
+            .find(|e| e.field == "--gpu")
+            .unwrap();
+        assert!(
+            e.requirement
+                .contains("/dev/nvidiactl, /dev/nvidia0 usable"),
+            "{}",
+            e.requirement
+        );
+    }
+
+    #[test]
+    fn a_library_the_policy_denies_stays_denied() {
+        let doc = parse_with(
+            r#"{"version":"0.8.0-alpha","filesystem":{"deniedPaths":["/usr/local/nvidia"]}}"#,
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        let p = compile(
+            &doc,
+            &nvidia_host(),
+            &CompileOptions {
+                gpu: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            p.gpu.as_ref().unwrap().denied_by_policy,
+            ["/usr/local/nvidia/lib64/libnvidia-ml.so.1"]
+        );
+        assert_eq!(
+            p.filesystem
+                .access_of("/usr/local/nvidia/lib64/libnvidia-ml.so.1"),
+            Some(Access::Denied)
+        );
+    }
+
+    /// `with` differs from `without` by exactly `libs` (read-only view entries and Landlock read
+    /// rules) and `devices` (Landlock device rules); seccomp, network and process are identical.
+    fn assert_nothing_else_widened(without: &Plan, with: &Plan, libs: &[&str], devices: &[&str]) {
+        let added: Vec<_> = with
+            .filesystem
+            .entries
+            .iter()
+            .filter(|e| !without.filesystem.entries.contains(e))
+            .collect();
+        assert_eq!(added.len(), libs.len(), "{added:?}");
+        for e in &added {
+            assert!(
+                libs.contains(&e.path.as_str())
+                    && e.access == Access::ReadOnly
+                    && e.origins == [ORIGIN],
+                "{e:?}"
+            );
+        }
+        assert!(
+            without
+                .filesystem
+                .entries
+                .iter()
+                .all(|e| with.filesystem.entries.contains(e))
+        );
+        let new_rules: Vec<_> = with
+            .landlock
+            .rules
+            .iter()
+            .filter(|r| !without.landlock.rules.contains(r))
+            .collect();
+        assert_eq!(new_rules.len(), libs.len() + devices.len(), "{new_rules:?}");
+        for r in &new_rules {
+            if devices.contains(&r.path.as_str()) {
+                assert_eq!(r.rights, crate::plan::landlock::device_rights());
+            } else {
+                assert!(libs.contains(&r.path.as_str()));
+                assert_eq!(r.rights, crate::plan::landlock::FsRight::READ.to_vec());
+            }
+        }
+        let mut devs = without.landlock.devices.clone();
+        devs.extend(devices.iter().map(|d| d.to_string()));
+        assert_eq!(with.landlock.devices, devs);
+        assert_eq!(with.landlock.handled, without.landlock.handled);
+        assert_eq!(with.seccomp, without.seccomp);
+        assert_eq!(with.network, without.network);
+        assert_eq!(with.process, without.process);
+    }
+}

@@ -650,6 +650,52 @@ mod tests {
         assert!(p.weakened().any(|e| e.field.starts_with("seccomp")));
     }
 
+    /// WSL2's 6.6 kernel (ABI 3) and 5.15 (ABI 1): what the missing ABIs mean is said, and the
+    /// gaps are weakenings (an error unless best effort), as for any other ABI shortfall.
+    #[test]
+    fn degraded_kernels_say_what_they_lose() {
+        let d = doc(r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/w"]}}"#);
+        let be = CompileOptions {
+            best_effort: true,
+            ..Default::default()
+        };
+        let at = |abi: Option<u32>| {
+            let host = Host {
+                landlock_abi: abi,
+                ..Host::reference()
+            };
+            compile(&d, &host, &be).unwrap()
+        };
+        let field = |p: &Plan, f: &str| p.enforcement.iter().find(|e| e.field == f).cloned();
+        for abi in [Some(4), Some(7)] {
+            let p = at(abi);
+            assert!(field(&p, "network (Landlock)").is_none());
+            assert!(field(&p, "filesystem (truncate)").is_none());
+        }
+        let p = at(Some(3));
+        let net = field(&p, "network (Landlock)").unwrap();
+        assert_eq!(net.status, Status::Enforced);
+        assert!(
+            net.mechanisms[0].contains("nftables fence only: Landlock ABI 3 has no network rules"),
+            "{net:?}"
+        );
+        assert!(field(&p, "filesystem (truncate)").is_none());
+        let p = at(Some(1));
+        assert!(field(&p, "network (Landlock)").is_some());
+        let t = field(&p, "filesystem (truncate)").unwrap();
+        assert!(
+            matches!(&t.status, Status::Weakened { reason } if reason.contains("cannot control truncate")),
+            "{t:?}"
+        );
+        let host = Host {
+            landlock_abi: Some(1),
+            ..Host::reference()
+        };
+        let e = compile(&d, &host, &CompileOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("filesystem (truncate)"), "{e}");
+        assert!(field(&at(None), "network (Landlock)").is_some());
+    }
+
     #[test]
     fn foreign_containments_and_relative_paths_are_refused() {
         let d = doc(

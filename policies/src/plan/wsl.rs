@@ -314,3 +314,289 @@ pub fn report(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::document::{ParseOptions, parse_with};
+    use crate::plan::{CompileOptions, Host, Plan, PlanError, compile};
+
+    fn wsl2() -> WslHost {
+        WslHost {
+            version: 2,
+            root: "/".into(),
+            forced: false,
+            interop_entries: vec!["/proc/sys/fs/binfmt_misc/WSLInterop".into()],
+            windows_drives: vec!["/mnt/c".into(), "/mnt/d".into()],
+            init: true,
+            run_wsl: true,
+            wslg: true,
+            dxg: true,
+            wsl_lib: true,
+            usr_lib_wsl: true,
+        }
+    }
+
+    fn host(wsl: WslHost) -> Host {
+        Host {
+            wsl: Some(wsl),
+            ..Host::reference()
+        }
+    }
+
+    fn plan(policy: &str, host: &Host, opts: &CompileOptions) -> Result<Plan, PlanError> {
+        let doc = parse_with(policy, &ParseOptions::default()).unwrap();
+        compile(&doc, host, opts)
+    }
+
+    fn fs(rw: &[&str], ro: &[&str]) -> String {
+        serde_json::json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": rw, "readonlyPaths": ro}})
+            .to_string()
+    }
+
+    fn outcome(items: &[Hardened], path: &str) -> Outcome {
+        items.iter().find(|h| h.path == path).unwrap().outcome
+    }
+
+    #[test]
+    fn baseline_view_needs_no_masks_but_proc_and_the_driver_store() {
+        let p = plan(
+            &fs(&["/work"], &[]),
+            &host(wsl2()),
+            &CompileOptions::default(),
+        )
+        .unwrap();
+        let w = p.wsl.as_ref().unwrap();
+        assert_eq!(w.proc_masked, [BINFMT_MISC]);
+        assert_eq!(outcome(&w.interop, "/init"), Outcome::Absent);
+        assert_eq!(outcome(&w.interop, "/run/WSL"), Outcome::Absent);
+        assert_eq!(outcome(&w.interop, BINFMT_MISC), Outcome::ProcMasked);
+        assert_eq!(outcome(&w.grantable, "/mnt/c"), Outcome::Absent);
+        assert_eq!(outcome(&w.grantable, "/mnt/wslg"), Outcome::Absent);
+        // The baseline binds /usr/lib, which holds the Windows driver store on WSL2.
+        assert_eq!(outcome(&w.grantable, "/usr/lib/wsl"), Outcome::Masked);
+        assert_eq!(
+            p.filesystem.access_of("/usr/lib/wsl/lib/libcuda.so"),
+            Some(Access::Denied)
+        );
+        assert_eq!(
+            p.filesystem.access_of("/usr/lib/x86_64-linux-gnu"),
+            Some(Access::ReadOnly)
+        );
+        // Hardening masks are not counted as the policy's own paths.
+        let denied = p
+            .enforcement
+            .iter()
+            .find(|e| e.field == "filesystem.deniedPaths")
+            .unwrap();
+        assert!(
+            denied.requirement.starts_with("0 path(s)"),
+            "{}",
+            denied.requirement
+        );
+    }
+
+    #[test]
+    fn a_policy_granting_the_root_still_sees_no_drive_and_no_interop() {
+        let p = plan(&fs(&[], &["/"]), &host(wsl2()), &CompileOptions::default()).unwrap();
+        let v = &p.filesystem;
+        for hidden in [
+            "/init",
+            "/run/WSL/1_interop",
+            "/mnt/c/Users",
+            "/mnt/d",
+            "/mnt/wslg/PulseServer",
+            "/usr/lib/wsl/drivers",
+        ] {
+            assert_eq!(v.access_of(hidden), Some(Access::Denied), "{hidden}");
+        }
+        assert_eq!(v.access_of("/mnt/wsl/resolv.conf"), Some(Access::ReadOnly));
+        assert_eq!(v.access_of("/home/me"), Some(Access::ReadOnly));
+        let mut masks: Vec<&str> = v
+            .entries
+            .iter()
+            .filter(|e| e.origins == [ORIGIN])
+            .map(|e| e.path.as_str())
+            .collect();
+        masks.sort();
+        assert_eq!(
+            masks,
+            [
+                "/init",
+                "/mnt/c",
+                "/mnt/d",
+                "/mnt/wslg",
+                "/run/WSL",
+                "/usr/lib/wsl"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_a_policy_path_opens_a_drive() {
+        // The drive itself: granted as asked.
+        let p = plan(
+            &fs(&["/mnt/c"], &[]),
+            &host(wsl2()),
+            &CompileOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            outcome(&p.wsl.as_ref().unwrap().grantable, "/mnt/c"),
+            Outcome::GrantedByPolicy
+        );
+        assert_eq!(p.filesystem.access_of("/mnt/c/x"), Some(Access::ReadWrite));
+        // A directory on it, with a broader grant above: only that directory.
+        let p = plan(
+            &fs(&["/mnt/c/src"], &["/mnt"]),
+            &host(wsl2()),
+            &CompileOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            outcome(&p.wsl.as_ref().unwrap().grantable, "/mnt/c"),
+            Outcome::Masked
+        );
+        assert_eq!(
+            p.filesystem.access_of("/mnt/c/src/a.py"),
+            Some(Access::ReadWrite)
+        );
+        assert_eq!(p.filesystem.access_of("/mnt/c/Users"), Some(Access::Denied));
+        assert_eq!(p.filesystem.access_of("/mnt/d"), Some(Access::Denied));
+        let drives = p
+            .enforcement
+            .iter()
+            .find(|e| e.field == "wsl (Windows drives)")
+            .unwrap();
+        assert!(
+            drives
+                .requirement
+                .contains("granted below a drive: /mnt/c/src"),
+            "{}",
+            drives.requirement
+        );
+    }
+
+    #[test]
+    fn interop_paths_stay_masked_even_when_a_policy_names_them() {
+        let p = plan(
+            &fs(&["/init", "/run/WSL"], &[]),
+            &host(wsl2()),
+            &CompileOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(p.filesystem.access_of("/init"), Some(Access::Denied));
+        assert_eq!(
+            p.filesystem.access_of("/run/WSL/8_interop"),
+            Some(Access::Denied)
+        );
+    }
+
+    #[test]
+    fn a_test_root_masks_its_stand_ins_and_the_real_proc() {
+        let w = WslHost {
+            root: "/var/tmp/fake/".into(),
+            forced: true,
+            ..wsl2()
+        };
+        let p = plan(
+            &fs(&[], &["/var/tmp/fake"]),
+            &host(w),
+            &CompileOptions::default(),
+        )
+        .unwrap();
+        let v = &p.filesystem;
+        for hidden in [
+            "/var/tmp/fake/init",
+            "/var/tmp/fake/mnt/c/x",
+            "/var/tmp/fake/proc/sys/fs/binfmt_misc/WSLInterop",
+            "/var/tmp/fake/run/WSL",
+        ] {
+            assert_eq!(v.access_of(hidden), Some(Access::Denied), "{hidden}");
+        }
+        assert_eq!(p.wsl.as_ref().unwrap().proc_masked, [BINFMT_MISC]);
+        let vsock = p
+            .enforcement
+            .iter()
+            .find(|e| e.field == "wsl (AF_VSOCK)")
+            .unwrap();
+        assert!(
+            vsock.requirement.contains("forced"),
+            "{}",
+            vsock.requirement
+        );
+    }
+
+    #[test]
+    fn an_image_root_holds_none_of_the_hosts_files() {
+        let opts = CompileOptions {
+            rootfs: Some("/var/lib/images/x".into()),
+            ..Default::default()
+        };
+        let p = plan(&fs(&[], &["/"]), &host(wsl2()), &opts).unwrap();
+        let w = p.wsl.as_ref().unwrap();
+        assert!(
+            w.interop
+                .iter()
+                .all(|h| matches!(h.outcome, Outcome::Absent | Outcome::ProcMasked))
+        );
+        assert!(w.grantable.iter().all(|h| h.outcome == Outcome::Absent));
+        assert_eq!(w.proc_masked, [BINFMT_MISC]);
+    }
+
+    #[test]
+    fn hardening_is_listed_and_vsock_rests_on_seccomp() {
+        let p = plan(&fs(&[], &[]), &host(wsl2()), &CompileOptions::default()).unwrap();
+        let fields: Vec<&str> = p.enforcement.iter().map(|e| e.field.as_str()).collect();
+        for f in [
+            "wsl (AF_VSOCK)",
+            "wsl (interop)",
+            "wsl (Windows drives)",
+            "wsl (WSLg, driver store)",
+        ] {
+            assert!(fields.contains(&f), "{f}: {fields:?}");
+        }
+        assert!(crate::plan::seccomp::denies_socket_family(
+            &p.seccomp,
+            crate::plan::seccomp::AF_VSOCK
+        ));
+        let no_seccomp = Host {
+            seccomp: false,
+            ..host(wsl2())
+        };
+        let e = plan(&fs(&[], &[]), &no_seccomp, &CompileOptions::default()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("wsl (AF_VSOCK): seccomp is unavailable"),
+            "{e}"
+        );
+        // A plain Linux host gets none of it.
+        let p = plan(
+            &fs(&[], &[]),
+            &Host::reference(),
+            &CompileOptions::default(),
+        )
+        .unwrap();
+        assert!(p.wsl.is_none());
+        assert!(!p.enforcement.iter().any(|e| e.field.starts_with("wsl")));
+        assert!(!p.filesystem.entries.iter().any(|e| e.origins == [ORIGIN]));
+    }
+
+    #[test]
+    fn wsl1_is_refused_even_with_best_effort() {
+        let w = WslHost {
+            version: 1,
+            ..wsl2()
+        };
+        let opts = CompileOptions {
+            best_effort: true,
+            ..Default::default()
+        };
+        let e = plan(&fs(&[], &[]), &host(w), &opts).unwrap_err();
+        assert!(
+            matches!(&e, PlanError::Host { field, .. } if field == "host"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("WSL1 is not supported"), "{e}");
+    }
+}
