@@ -14,7 +14,7 @@ pub const PRESETS: &[(&str, &str, &str)] = &[
     ),
     (
         "ml-toolchain",
-        "Toolchains read-only, data dir read-write, GPU device paths allowed (Linux and WSL2); no network.",
+        "Toolchains read-only, data dir read-write, no network; the GPU with --gpu (WSL2 or NVIDIA).",
         include_str!("../presets/ml-toolchain.json"),
     ),
     (

@@ -1,6 +1,7 @@
-//! Probing this host for what the planner needs to know. Everything here reads the real kernel.
+//! Probing a host for what the planner needs to know: this machine (the real kernel), or a
+//! recorded host description with the same layout (tests, `doctor --root`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use agentcell_policy::Host;
 
@@ -35,13 +36,6 @@ pub fn landlock_abi_for_planning() -> Option<u32> {
         Some(v) => real.map(|r| r.min(v)),
         None => real,
     }
-}
-
-/// Whether seccomp filtering is available to this process.
-pub fn seccomp_available() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
-        .unwrap_or(false)
 }
 
 /// Whether nftables can be used: asks the kernel's nf_tables for its ruleset generation over
@@ -99,25 +93,139 @@ pub fn nftables_available() -> bool {
     }
 }
 
-pub fn ipv6_available() -> bool {
-    Path::new("/proc/net/if_inet6").exists()
+/// Where host facts are read from: `/` (this machine), or a recorded host description: a
+/// directory with the same layout (`proc/version`, `proc/self/mounts`, `dev/dxg`, ...) plus
+/// `recorded.txt` (`key=value` lines) for what only a system call answers (`landlock_abi`,
+/// `nftables`, `arch`). Fixtures under `shim/tests/fixtures/hosts/` are such directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRoot {
+    dir: PathBuf,
+    live: bool,
 }
 
-pub fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+impl HostRoot {
+    pub fn live() -> Self {
+        Self {
+            dir: PathBuf::from("/"),
+            live: true,
+        }
+    }
+
+    pub fn recorded(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            live: false,
+        }
+    }
+
+    /// A plain directory standing in for a host's `/` (the forced WSL2 hardening's test tree):
+    /// its files are read, nothing is taken from recorded values.
+    pub fn tree(dir: impl Into<PathBuf>) -> Self {
+        Self::recorded(dir)
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path on this machine of the host path `p` (absolute).
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p.trim_start_matches('/'))
+    }
+
+    pub fn exists(&self, p: &str) -> bool {
+        self.path(p).exists()
+    }
+
+    pub fn is_dir(&self, p: &str) -> bool {
+        self.path(p).is_dir()
+    }
+
+    pub fn read(&self, p: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(p)).ok()
+    }
+
+    /// A value of `recorded.txt` (recorded roots only).
+    pub fn recorded_value(&self, key: &str) -> Option<String> {
+        if self.live {
+            return None;
+        }
+        self.read("/recorded.txt")?.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().to_string())
+        })
+    }
+
+    pub fn kernel_release(&self) -> String {
+        self.read("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The Landlock ABI: by system call on this machine (securityfs is not mounted on WSL), the
+    /// recorded value for a recorded host (`none` or a number).
+    pub fn landlock_abi(&self) -> Option<u32> {
+        if self.live {
+            return landlock_abi_for_planning();
+        }
+        self.recorded_value("landlock_abi")
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|a| *a > 0)
+    }
+
+    pub fn seccomp(&self) -> bool {
+        self.read("/proc/self/status")
+            .is_some_and(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
+    }
+
+    pub fn nftables(&self) -> bool {
+        if self.live {
+            return nftables_available();
+        }
+        self.recorded_value("nftables").as_deref() == Some("yes")
+    }
+
+    pub fn arch(&self) -> String {
+        match self.recorded_value("arch") {
+            Some(a) => a,
+            None => std::env::consts::ARCH.to_string(),
+        }
+    }
 }
 
 /// The description of this host the planner uses.
 pub fn probe() -> Host {
+    let root = HostRoot::live();
+    let mut h = describe(&root);
+    // Forced WSL2 hardening (tests on a plain Linux host): the WSL facts, and the GPU, come from
+    // the test's tree; everything the kernel answers stays this machine's. Forcing only adds
+    // restrictions, and a real WSL host always uses its own `/`.
+    if h.wsl.is_none()
+        && let Some(tree) = crate::wsl::forced_root()
+    {
+        h.wsl = Some(crate::wsl::facts(&tree, 2, true));
+        h.gpu = crate::wsl::detect_gpu(&tree, true);
+    }
+    h
+}
+
+/// The description of the host at `root` (this machine for [`HostRoot::live`]).
+pub fn describe(root: &HostRoot) -> Host {
+    let wsl = crate::wsl::detect(root);
+    let gpu = crate::wsl::detect_gpu(root, wsl.as_ref().is_some_and(|w| w.version >= 2));
     Host {
-        arch: std::env::consts::ARCH.to_string(),
-        kernel_release: kernel_release(),
-        landlock_abi: landlock_abi_for_planning(),
-        seccomp: seccomp_available(),
-        nftables: nftables_available(),
-        ipv6: ipv6_available(),
+        arch: root.arch(),
+        kernel_release: root.kernel_release(),
+        landlock_abi: root.landlock_abi(),
+        seccomp: root.seccomp(),
+        nftables: root.nftables(),
+        ipv6: root.exists("/proc/net/if_inet6"),
+        wsl,
+        gpu,
     }
 }
 
@@ -132,10 +240,13 @@ pub enum CgroupLayout {
 }
 
 pub fn cgroup_layout() -> CgroupLayout {
-    let v2_root = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists();
-    let v1 =
-        Path::new("/sys/fs/cgroup/memory").exists() || Path::new("/sys/fs/cgroup/pids").exists();
+    cgroup_layout_at(&HostRoot::live())
+}
+
+pub fn cgroup_layout_at(root: &HostRoot) -> CgroupLayout {
+    let v2_root = root.exists("/sys/fs/cgroup/cgroup.controllers");
+    let unified = root.exists("/sys/fs/cgroup/unified/cgroup.controllers");
+    let v1 = root.exists("/sys/fs/cgroup/memory") || root.exists("/sys/fs/cgroup/pids");
     match (v2_root, unified, v1) {
         (true, _, _) => CgroupLayout::V2,
         (false, true, true) => CgroupLayout::Hybrid,
@@ -146,17 +257,24 @@ pub fn cgroup_layout() -> CgroupLayout {
 
 /// Whether PID 1 is systemd (the cgroup driver follows it).
 pub fn systemd_is_init() -> bool {
-    Path::new("/run/systemd/system").is_dir()
-        && std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "systemd")
+    systemd_is_init_at(&HostRoot::live())
+}
+
+pub fn systemd_is_init_at(root: &HostRoot) -> bool {
+    root.is_dir("/run/systemd/system")
+        && root
+            .read("/proc/1/comm")
+            .is_some_and(|c| c.trim() == "systemd")
 }
 
 /// User namespaces: available, and whether unprivileged users may create them.
-pub fn user_namespaces() -> (bool, bool) {
-    let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
-        .ok()
+pub fn user_namespaces(root: &HostRoot) -> (bool, bool) {
+    let max = root
+        .read("/proc/sys/user/max_user_namespaces")
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(0);
-    let unpriv = std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+    let unpriv = root
+        .read("/proc/sys/kernel/unprivileged_userns_clone")
         .map(|s| s.trim() == "1")
         .unwrap_or(max > 0);
     (max > 0, max > 0 && unpriv)
@@ -172,50 +290,12 @@ pub struct Kvm {
     pub guest_boots_with_kvm: bool,
 }
 
-pub fn kvm() -> Kvm {
-    let device = Path::new("/dev/kvm").exists();
-    let pvm = Path::new("/sys/module/kvm_pvm").exists();
+pub fn kvm(root: &HostRoot) -> Kvm {
+    let device = root.exists("/dev/kvm");
+    let pvm = root.exists("/sys/module/kvm_pvm");
     Kvm {
         device,
         pvm,
         guest_boots_with_kvm: device && !pvm,
     }
-}
-
-/// WSL detection (WSL1 vs WSL2) and its hazards.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Wsl {
-    pub version: u8,
-    pub interop: bool,
-    pub windows_drives: Vec<String>,
-}
-
-pub fn wsl() -> Option<Wsl> {
-    let version = std::fs::read_to_string("/proc/version").ok()?;
-    let lower = version.to_ascii_lowercase();
-    if !lower.contains("microsoft") {
-        return None;
-    }
-    let v = if lower.contains("wsl2") || Path::new("/run/WSL").exists() {
-        2
-    } else {
-        1
-    };
-    let interop = Path::new("/proc/sys/fs/binfmt_misc/WSLInterop").exists()
-        || Path::new("/proc/sys/fs/binfmt_misc/WSLInterop-late").exists();
-    let windows_drives = std::fs::read_dir("/mnt")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.len() == 1 && n.chars().all(|c| c.is_ascii_lowercase()))
-                .map(|n| format!("/mnt/{n}"))
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(Wsl {
-        version: v,
-        interop,
-        windows_drives,
-    })
 }

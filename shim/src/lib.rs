@@ -6,3 +6,4 @@ pub mod containerd;
 pub mod host;
 pub mod network;
 pub mod sandbox;
+pub mod wsl;

@@ -91,6 +91,8 @@ pub struct LandlockPlan {
     pub handled: Vec<FsRight>,
     pub rules: Vec<PathRule>,
     pub scopes: Vec<Scope>,
+    /// Device nodes the workload may read, write and ioctl: [`DEV_NODES`], then `--gpu`'s.
+    pub devices: Vec<String>,
     /// Network rules (ABI 4) are not used: egress is fenced in the network namespace, and TCP
     /// port rules would also cut the workload's own loopback services.
     pub network_rules: bool,
@@ -142,12 +144,7 @@ pub fn build(view: &FsView) -> LandlockPlan {
         origin: "baseline".into(),
     });
     for d in DEV_NODES {
-        let mut rights = vec![
-            FsRight::ReadFile,
-            FsRight::WriteFile,
-            FsRight::IoctlDev,
-            FsRight::Truncate,
-        ];
+        let mut rights = device_rights();
         if matches!(*d, "/dev/pts" | "/dev/shm") {
             rights.extend([FsRight::ReadDir, FsRight::MakeReg, FsRight::RemoveFile]);
         }
@@ -175,8 +172,33 @@ pub fn build(view: &FsView) -> LandlockPlan {
         handled: FsRight::ALL.to_vec(),
         rules,
         scopes: vec![Scope::AbstractUnixSocket, Scope::Signal],
+        devices: DEV_NODES.iter().map(|d| d.to_string()).collect(),
         network_rules: false,
     }
+}
+
+/// The rights a device node gets: read, write, ioctl, truncate (opening with `O_TRUNC`).
+pub fn device_rights() -> Vec<FsRight> {
+    vec![
+        FsRight::WriteFile,
+        FsRight::ReadFile,
+        FsRight::Truncate,
+        FsRight::IoctlDev,
+    ]
+}
+
+/// Adds a device node (`--gpu`) to `plan`: a rule with [`device_rights`] and an entry in
+/// `devices`, which the runner hands to Landlock.
+pub fn add_device(plan: &mut LandlockPlan, path: &str, origin: &str) {
+    if plan.devices.iter().any(|d| d == path) {
+        return;
+    }
+    plan.devices.push(path.to_string());
+    plan.rules.push(PathRule {
+        path: path.to_string(),
+        rights: device_rights(),
+        origin: origin.to_string(),
+    });
 }
 
 /// What a kernel with Landlock ABI `abi` (None = no Landlock) cannot enforce of `plan`.

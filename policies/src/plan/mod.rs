@@ -3,10 +3,12 @@
 //! what cannot be enforced on the described host.
 
 pub mod fs;
+pub mod gpu;
 pub mod landlock;
 pub mod net;
 pub mod process;
 pub mod seccomp;
+pub mod wsl;
 
 use serde::Serialize;
 
@@ -18,10 +20,12 @@ use crate::netspec::{NetworkSpec, ProxyEndpoint};
 use crate::path::JsonPath;
 
 pub use fs::{Access, FsView, RootSource};
+pub use gpu::{GpuHost, GpuKind, GpuPlan};
 pub use landlock::LandlockPlan;
 pub use net::NetworkPlan;
 pub use process::ProcessPlan;
 pub use seccomp::LinuxSeccomp;
+pub use wsl::{WslHost, WslPlan};
 
 /// What the planner knows of the host. Built by the runner (`agentcell doctor` shows it); tests
 /// describe hosts directly.
@@ -35,6 +39,10 @@ pub struct Host {
     pub seccomp: bool,
     pub nftables: bool,
     pub ipv6: bool,
+    /// WSL, when the host is a WSL distribution (or the hardening is forced for tests).
+    pub wsl: Option<WslHost>,
+    /// The GPU `--gpu` would expose, if any.
+    pub gpu: Option<GpuHost>,
 }
 
 impl Host {
@@ -47,6 +55,8 @@ impl Host {
             seccomp: true,
             nftables: true,
             ipv6: true,
+            wsl: None,
+            gpu: None,
         }
     }
 }
@@ -57,6 +67,8 @@ pub struct CompileOptions {
     pub best_effort: bool,
     /// Start the view from this root filesystem instead of the host baseline.
     pub rootfs: Option<String>,
+    /// Expose the host's GPU (`--gpu`): its device nodes and driver libraries, nothing else.
+    pub gpu: bool,
 }
 
 /// How well one requirement is enforced on the described host.
@@ -106,6 +118,10 @@ pub struct Plan {
     pub seccomp: LinuxSeccomp,
     pub network: NetworkPlan,
     pub process: ProcessPlan,
+    /// The WSL2 hardening (on WSL2 hosts, whatever the policy says).
+    pub wsl: Option<WslPlan>,
+    /// What `--gpu` added.
+    pub gpu: Option<GpuPlan>,
     pub enforcement: Vec<Enforcement>,
     pub notes: Vec<Note>,
 }
@@ -124,6 +140,10 @@ pub enum PlanError {
     #[error("{}", join(.0))]
     Unsupported(Vec<Violation>),
     /// The host cannot enforce parts of the plan, and best effort was not requested.
+    /// The host itself rules the run out (WSL1), or a host-dependent option cannot be honoured
+    /// (`--gpu` without a GPU); best effort does not change that.
+    #[error("{field}: {message}")]
+    Host { field: String, message: String },
     #[error("not fully enforceable on this host (use --best-effort to accept and report): {}", .0.iter().map(|e| format!("{}: {}", e.field, match &e.status { Status::Weakened { reason } => reason.as_str(), _ => "" })).collect::<Vec<_>>().join("; "))]
     Unenforceable(Vec<Enforcement>),
 }
@@ -180,12 +200,35 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
         Some(p) => RootSource::Rootfs { path: p.clone() },
         None => RootSource::HostBaseline,
     };
-    let view = fs::build(&doc.filesystem, root_source, &mut errs);
+    let mut view = fs::build(&doc.filesystem, root_source, &mut errs);
     if !errs.is_empty() {
         return Err(PlanError::Unsupported(errs));
     }
+    if host.wsl.as_ref().is_some_and(|w| w.version < 2) {
+        return Err(PlanError::Host {
+            field: "host".into(),
+            message: wsl::WSL1_REFUSAL.into(),
+        });
+    }
+    if opts.gpu
+        && let Some(message) = gpu::unavailable_reason(host.gpu.as_ref(), opts.rootfs.is_some())
+    {
+        return Err(PlanError::Host {
+            field: "--gpu".into(),
+            message,
+        });
+    }
+    // The hardening first: --gpu then re-exposes its own libraries below the driver-store mask.
+    let wsl_plan = host.wsl.as_ref().map(|w| wsl::harden(&mut view, w));
+    let gpu_plan = match (&host.gpu, opts.gpu) {
+        (Some(g), true) => Some(gpu::apply(&mut view, g)),
+        _ => None,
+    };
 
-    let landlock = landlock::build(&view);
+    let mut landlock = landlock::build(&view);
+    for d in gpu_plan.iter().flat_map(|g| &g.devices) {
+        landlock::add_device(&mut landlock, &d.path, gpu::ORIGIN);
+    }
     let seccomp = seccomp::default_profile(&host.arch);
     let network = net::build(
         &doc.network,
@@ -205,7 +248,14 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
         })
     });
     let process = process::build(&doc.config, first_rw, &network, &mut notes);
-    let enforcement = report(doc, host, &view, &landlock, &network, &process);
+    let mut enforcement = report(doc, host, &view, &landlock, &network, &process);
+    if let (Some(w), Some(p)) = (&host.wsl, &wsl_plan) {
+        let vsock = seccomp::denies_socket_family(&seccomp, seccomp::AF_VSOCK);
+        enforcement.extend(wsl::report(w, p, vsock, host.seccomp, &view));
+    }
+    if let Some(g) = &gpu_plan {
+        enforcement.push(gpu_item(g, host));
+    }
 
     let plan = Plan {
         document: DocumentSummary {
@@ -222,6 +272,8 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
         seccomp,
         network,
         process,
+        wsl: wsl_plan,
+        gpu: gpu_plan,
         enforcement,
         notes,
     };
@@ -246,6 +298,55 @@ fn item(
     }
 }
 
+/// The enforcement entry of `--gpu`: exactly what was added.
+fn gpu_item(g: &GpuPlan, host: &Host) -> Enforcement {
+    let devices: Vec<&str> = g.devices.iter().map(|d| d.path.as_str()).collect();
+    let mut libs = Vec::new();
+    if !g.added_read_only.is_empty() {
+        libs.push(format!("{} read-only", g.added_read_only.join(", ")));
+    }
+    if !g.already_visible.is_empty() {
+        libs.push(format!(
+            "{} already in the view",
+            g.already_visible.join(", ")
+        ));
+    }
+    if !g.denied_by_policy.is_empty() {
+        libs.push(format!(
+            "{} left denied by the policy",
+            g.denied_by_policy.join(", ")
+        ));
+    }
+    let ioctl_note = match host.landlock_abi {
+        Some(a) if a >= 5 => {
+            "Landlock read, write and ioctl rule on each node (other devices get no ioctl)"
+        }
+        _ => {
+            "Landlock read and write rule on each node (this kernel's Landlock cannot restrict device ioctl: needs ABI 5)"
+        }
+    };
+    item(
+        "--gpu",
+        format!(
+            "{} GPU: {} usable; libraries: {}; nothing else added",
+            g.kind.as_str(),
+            devices.join(", "),
+            if libs.is_empty() {
+                "none".to_string()
+            } else {
+                libs.join("; ")
+            }
+        ),
+        &[
+            "device nodes created in the sandbox's /dev with the host's major:minor; a cgroup device rule allows exactly those numbers",
+            ioctl_note,
+            "read-only bind mounts and Landlock read rules for the libraries",
+            "seccomp unchanged: ioctl and mmap, which GPU drivers use, are not filtered",
+        ],
+        Status::Enforced,
+    )
+}
+
 fn report(
     doc: &Document,
     host: &Host,
@@ -263,7 +364,13 @@ fn report(
             reason: landlock_gaps.join("; "),
         }
     };
-    let count = |a: Access| view.entries.iter().filter(|e| e.access == a).count();
+    // The policy's own paths: the WSL hardening's masks and --gpu's libraries are listed apart.
+    let count = |a: Access| {
+        view.entries
+            .iter()
+            .filter(|e| e.access == a && e.origins.iter().any(|o| o.starts_with("filesystem.")))
+            .count()
+    };
     out.push(item(
         "filesystem.readonlyPaths",
         format!("{} path(s) readable, not writable", count(Access::ReadOnly)),
@@ -300,6 +407,33 @@ fn report(
         ],
         ll_status,
     ));
+    // Degraded kernels (WSL2's 5.15 and 6.6 among them): say what the missing ABIs mean.
+    if host.landlock_abi.is_none_or(|a| a < 4) {
+        out.push(item(
+            "network (Landlock)",
+            "egress and ingress rules",
+            &[match host.landlock_abi {
+                Some(a) => format!(
+                    "the private network namespace and its nftables fence only: Landlock ABI {a} has no network rules (ABI 4)"
+                ),
+                None => "the private network namespace and its nftables fence only: Landlock is unavailable".to_string(),
+            }
+            .as_str()],
+            Status::Enforced,
+        ));
+    }
+    if let Some(a) = host.landlock_abi.filter(|a| *a < 3) {
+        out.push(item(
+            "filesystem (truncate)",
+            "files outside read-write paths cannot be truncated",
+            &["read-only bind mounts (truncate fails with EROFS)"],
+            Status::Weakened {
+                reason: format!(
+                    "Landlock ABI {a} cannot control truncate (needs ABI 3): only the read-only mounts refuse it"
+                ),
+            },
+        ));
+    }
     out.push(item(
         "filesystem (nesting)",
         "read-only inside read-write and denied inside allowed hold",
@@ -514,6 +648,52 @@ mod tests {
         )
         .unwrap();
         assert!(p.weakened().any(|e| e.field.starts_with("seccomp")));
+    }
+
+    /// WSL2's 6.6 kernel (ABI 3) and 5.15 (ABI 1): what the missing ABIs mean is said, and the
+    /// gaps are weakenings (an error unless best effort), as for any other ABI shortfall.
+    #[test]
+    fn degraded_kernels_say_what_they_lose() {
+        let d = doc(r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/w"]}}"#);
+        let be = CompileOptions {
+            best_effort: true,
+            ..Default::default()
+        };
+        let at = |abi: Option<u32>| {
+            let host = Host {
+                landlock_abi: abi,
+                ..Host::reference()
+            };
+            compile(&d, &host, &be).unwrap()
+        };
+        let field = |p: &Plan, f: &str| p.enforcement.iter().find(|e| e.field == f).cloned();
+        for abi in [Some(4), Some(7)] {
+            let p = at(abi);
+            assert!(field(&p, "network (Landlock)").is_none());
+            assert!(field(&p, "filesystem (truncate)").is_none());
+        }
+        let p = at(Some(3));
+        let net = field(&p, "network (Landlock)").unwrap();
+        assert_eq!(net.status, Status::Enforced);
+        assert!(
+            net.mechanisms[0].contains("nftables fence only: Landlock ABI 3 has no network rules"),
+            "{net:?}"
+        );
+        assert!(field(&p, "filesystem (truncate)").is_none());
+        let p = at(Some(1));
+        assert!(field(&p, "network (Landlock)").is_some());
+        let t = field(&p, "filesystem (truncate)").unwrap();
+        assert!(
+            matches!(&t.status, Status::Weakened { reason } if reason.contains("cannot control truncate")),
+            "{t:?}"
+        );
+        let host = Host {
+            landlock_abi: Some(1),
+            ..Host::reference()
+        };
+        let e = compile(&d, &host, &CompileOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("filesystem (truncate)"), "{e}");
+        assert!(field(&at(None), "network (Landlock)").is_some());
     }
 
     #[test]

@@ -8,7 +8,8 @@ const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 const CLONE_NEWUSER: u64 = 0x1000_0000;
 const AF_PACKET: u64 = 17;
-const AF_VSOCK: u64 = 40;
+/// `AF_VSOCK`: the address family WSL2's interop uses to reach the Windows host.
+pub const AF_VSOCK: u64 = 40;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -190,6 +191,17 @@ pub fn default_profile(arch: &str) -> LinuxSeccomp {
     }
 }
 
+/// Whether `profile` refuses `socket(family, ...)` (a rule on `socket` matching argument 0).
+pub fn denies_socket_family(profile: &LinuxSeccomp, family: u64) -> bool {
+    profile.syscalls.iter().any(|r| {
+        r.names == ["socket"]
+            && r.action == "SCMP_ACT_ERRNO"
+            && r.args
+                .iter()
+                .any(|a| a.index == 0 && a.op == "SCMP_CMP_EQ" && a.value == family)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +244,9 @@ mod tests {
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["defaultAction"], "SCMP_ACT_ALLOW");
         assert!(json["syscalls"][0].get("why").is_none());
+        // WSL2 hardening relies on this rule (interop reaches the Windows host over vsock).
+        assert!(denies_socket_family(&p, AF_VSOCK));
+        assert!(denies_socket_family(&default_profile("aarch64"), AF_VSOCK));
+        assert!(!denies_socket_family(&p, 2 /* AF_INET */));
     }
 }

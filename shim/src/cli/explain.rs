@@ -30,6 +30,20 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
         yes(h.nftables),
         yes(h.ipv6)
     );
+    if let Some(w) = &h.wsl {
+        let _ = writeln!(
+            o,
+            "          WSL{}{}: interop {}, Windows drives: {}",
+            w.version,
+            if w.forced { " (forced for tests)" } else { "" },
+            if w.interop() { "on" } else { "off" },
+            if w.windows_drives.is_empty() {
+                "none".to_string()
+            } else {
+                w.windows_drives.join(" ")
+            }
+        );
+    }
 
     let _ = writeln!(
         o,
@@ -52,6 +66,22 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
         }
     }
     let _ = writeln!(o, "  /dev /proc             fresh");
+    if let Some(w) = &plan.wsl {
+        let _ = writeln!(
+            o,
+            "  {:22} masked in /proc   [wsl hardening]",
+            w.proc_masked.join(" ")
+        );
+    }
+    for d in plan.gpu.iter().flat_map(|g| &g.devices) {
+        let _ = writeln!(
+            o,
+            "  {:22} device node {}:{}, read/write/ioctl   [--gpu]",
+            d.path,
+            d.major.unwrap_or_default(),
+            d.minor.unwrap_or_default()
+        );
+    }
     let _ = writeln!(
         o,
         "  /tmp                   fresh tmpfs, read-write, {}",

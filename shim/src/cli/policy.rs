@@ -46,6 +46,9 @@ pub enum PolicyCommand {
         /// Accept a partial enforcement (still listed).
         #[arg(long)]
         best_effort: bool,
+        /// Plan with the host's GPU exposed, as `run --gpu` would.
+        #[arg(long)]
+        gpu: bool,
         /// Plan for a root filesystem directory instead of the host baseline.
         #[arg(long, value_name = "DIR")]
         rootfs: Option<PathBuf>,
@@ -138,6 +141,7 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             file,
             read,
             best_effort,
+            gpu,
             rootfs,
             host,
             json,
@@ -145,6 +149,7 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             let opts = CompileOptions {
                 best_effort,
                 rootfs: rootfs.map(|p| p.display().to_string()),
+                gpu,
             };
             explain(&file, &read, &opts, host, json)
         }
@@ -282,6 +287,7 @@ fn explain(
         Err(e) => {
             match &e {
                 PlanError::Unsupported(v) => print_violations(file, v),
+                PlanError::Host { field, message } => eprintln!("{file}: {field}: {message}"),
                 PlanError::Unenforceable(items) => {
                     eprintln!(
                         "{file}: not fully enforceable on this host (--best-effort accepts and reports):"

@@ -43,6 +43,11 @@ pub struct CommonArgs {
     /// Accept a partial enforcement; every missing right is reported on stderr first.
     #[arg(long)]
     pub best_effort: bool,
+    /// Expose the host's GPU: /dev/dxg with /usr/lib/wsl/lib and /usr/lib/wsl/drivers read-only
+    /// on WSL2, /dev/nvidia* with the driver's libraries on native Linux; nothing else. Refused
+    /// when the host has no GPU.
+    #[arg(long)]
+    pub gpu: bool,
     /// Errors as one JSON object on stdout: {"error":{"field":…,"message":…}}.
     #[arg(long)]
     pub json: bool,
@@ -125,6 +130,7 @@ fn load(source: &str, opts: &ParseOptions, common: &CommonArgs) -> Result<Plan, 
     let copts = CompileOptions {
         best_effort: common.best_effort,
         rootfs: common.rootfs.as_ref().map(|p| p.display().to_string()),
+        gpu: common.gpu,
     };
     let mut plan = agentcell_policy::compile(&doc, &host, &copts).map_err(|e| -> Vec<Refusal> {
         match e {
@@ -135,6 +141,7 @@ fn load(source: &str, opts: &ParseOptions, common: &CommonArgs) -> Result<Plan, 
                     message: v.message,
                 })
                 .collect(),
+            PlanError::Host { field, message } => vec![Refusal { field, message }],
             PlanError::Unenforceable(items) => items
                 .into_iter()
                 .map(|i| Refusal {

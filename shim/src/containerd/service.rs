@@ -287,6 +287,7 @@ impl Service {
         let opts = CompileOptions {
             best_effort: selection.best_effort,
             rootfs: Some(root.display().to_string()),
+            ..CompileOptions::default()
         };
         let plan = agentcell_policy::compile(&chosen.document, host(), &opts).map_err(|e| {
             fail(match e {

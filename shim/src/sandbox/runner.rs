@@ -381,9 +381,11 @@ pub fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRule
         }
     }
     // The plan's device nodes (/dev/shm is a directory the workload writes: in `write` above).
-    let devices = agentcell_policy::plan::landlock::DEV_NODES
+    let devices = plan
+        .landlock
+        .devices
         .iter()
-        .filter(|d| **d != "/dev/shm")
+        .filter(|d| *d != "/dev/shm")
         .map(PathBuf::from)
         .collect();
     LandlockRules {

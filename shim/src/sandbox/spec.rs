@@ -99,6 +99,16 @@ pub fn build_json(input: &SpecInput) -> Value {
         .chain(plan.process.env.iter().cloned())
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    let (devices, device_rules) = gpu_devices(plan);
+    let masked: Vec<&str> = MASKED
+        .iter()
+        .copied()
+        .chain(
+            plan.wsl
+                .iter()
+                .flat_map(|w| w.proc_masked.iter().map(String::as_str)),
+        )
+        .collect();
     let mut linux = json!({
         "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             match &input.netns { Some(p) => json!({"type": "network", "path": p}), None => json!({"type": "network"}) }],
@@ -106,9 +116,10 @@ pub fn build_json(input: &SpecInput) -> Value {
         "resources": {
             "pids": {"limit": plan.process.pids_max},
             "memory": {"limit": plan.process.memory_max},
-            "devices": [{"allow": false, "access": "rwm"}]
+            "devices": std::iter::once(json!({"allow": false, "access": "rwm"})).chain(device_rules).collect::<Vec<_>>()
         },
-        "maskedPaths": MASKED,
+        "devices": devices,
+        "maskedPaths": masked,
         "readonlyPaths": READONLY,
         "seccomp": plan.seccomp,
     });
@@ -132,6 +143,27 @@ pub fn build_json(input: &SpecInput) -> Value {
         "mounts": mounts,
         "linux": linux,
     })
+}
+
+/// `--gpu`'s device nodes (created by the runtime in the fresh `/dev`, with the host node's
+/// numbers, mode and owner) and the cgroup rules allowing exactly those numbers. The planner
+/// refuses `--gpu` when a node has no numbers, so none is skipped here.
+fn gpu_devices(plan: &Plan) -> (Vec<Value>, Vec<Value>) {
+    let mut nodes = Vec::new();
+    let mut rules = Vec::new();
+    for d in plan.gpu.iter().flat_map(|g| &g.devices) {
+        let (Some(major), Some(minor)) = (d.major, d.minor) else {
+            continue;
+        };
+        nodes.push(
+            json!({"path": d.path, "type": "c", "major": major, "minor": minor,
+            "fileMode": d.mode, "uid": d.uid, "gid": d.gid}),
+        );
+        rules.push(
+            json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rw"}),
+        );
+    }
+    (nodes, rules)
 }
 
 fn bind(source: &str, target: &str, readonly: bool) -> Value {
@@ -201,5 +233,87 @@ mod tests {
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.seccomp().is_some());
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), 6);
+    }
+
+    /// `--gpu` on WSL2: the node is created with the host's numbers and exactly those numbers
+    /// are allowed by the device cgroup; the hardening masks binfmt_misc in the fresh /proc.
+    #[test]
+    fn gpu_nodes_and_wsl_masks_reach_the_spec() {
+        use agentcell_policy::plan::gpu::{GpuDevice, GpuHost, GpuKind};
+        use agentcell_policy::plan::wsl::WslHost;
+        let doc = parse_with(r#"{"version":"0.8.0-alpha"}"#, &ParseOptions::default()).unwrap();
+        let host = Host {
+            wsl: Some(WslHost {
+                version: 2,
+                root: "/".into(),
+                forced: false,
+                interop_entries: vec![],
+                windows_drives: vec![],
+                init: true,
+                run_wsl: true,
+                wslg: false,
+                dxg: true,
+                wsl_lib: false,
+                usr_lib_wsl: false,
+            }),
+            gpu: Some(GpuHost {
+                kind: GpuKind::Dxg,
+                devices: vec![GpuDevice {
+                    path: "/dev/dxg".into(),
+                    host_path: "/dev/dxg".into(),
+                    major: Some(10),
+                    minor: Some(125),
+                    mode: 0o666,
+                    uid: 0,
+                    gid: 0,
+                }],
+                libraries: vec![],
+            }),
+            ..Host::reference()
+        };
+        let opts = CompileOptions {
+            gpu: true,
+            ..Default::default()
+        };
+        let plan = compile(&doc, &host, &opts).unwrap();
+        let prepared = Prepared::default();
+        let input = SpecInput {
+            plan: &plan,
+            prepared: &prepared,
+            rootfs: Path::new("/run/x/rootfs"),
+            args: vec!["/bin/true".into()],
+            cgroups_path: "/agentcell/x".into(),
+            uid: 0,
+            gid: 0,
+            netns: None,
+        };
+        let v = build_json(&input);
+        assert_eq!(
+            v["linux"]["devices"],
+            json!([{"path": "/dev/dxg", "type": "c", "major": 10, "minor": 125, "fileMode": 0o666, "uid": 0, "gid": 0}])
+        );
+        assert_eq!(
+            v["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 10, "minor": 125, "access": "rw"}])
+        );
+        let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+        assert!(masked.contains(&json!("/proc/sys/fs/binfmt_misc")));
+        build(&input).expect("valid OCI spec");
+        // Without --gpu and off WSL: no node, no rule, no extra mask.
+        let plain = compile(&doc, &Host::reference(), &CompileOptions::default()).unwrap();
+        let v = build_json(&SpecInput {
+            plan: &plain,
+            ..input
+        });
+        assert_eq!(v["linux"]["devices"], json!([]));
+        assert_eq!(
+            v["linux"]["resources"]["devices"].as_array().unwrap().len(),
+            1
+        );
+        assert_eq!(
+            v["linux"]["maskedPaths"].as_array().unwrap().len(),
+            MASKED.len()
+        );
     }
 }
