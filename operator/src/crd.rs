@@ -268,7 +268,11 @@ pub struct AgentSandboxStatus {
     #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
     /// DNS name of the headless Service.
-    #[serde(default, rename = "serviceFQDN", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "serviceFQDN",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub service_fqdn: Option<String>,
     /// `sha256:…` of the canonical policy (the value of `agentcell.dev/policy-digest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

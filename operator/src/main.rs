@@ -152,10 +152,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Resolves once the flag turns true.
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = rx.wait_for(|s| *s).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 async fn wait_for_signal() {

@@ -10,7 +10,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::conditions::{EXPIRED, POLICY_VALID, READY, RUNTIME_CLASS_RESOLVED, SUSPENDED};
-use crate::crd::{AgentSandbox, Isolation};
+use crate::crd::AgentSandbox;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -118,9 +118,4 @@ pub fn phase(asb: &AgentSandbox) -> &'static str {
     } else {
         "Pending"
     }
-}
-
-/// Label value of an isolation tier (kept here so dashboards and the CRD agree).
-pub fn isolation_label(i: Isolation) -> &'static str {
-    i.as_str()
 }

@@ -20,7 +20,8 @@ fn list(api_version: &str, kind: &str, items: Vec<Value>) -> Value {
 #[tokio::test]
 async fn controller_run_lists_watches_reconciles_and_shuts_down() {
     let (ctx, mut api, metrics) = context(NOW);
-    let mut asb = serde_json::to_value(sandbox(spec_with(json!({"preset": "coding-agent"})))).unwrap();
+    let mut asb =
+        serde_json::to_value(sandbox(spec_with(json!({"preset": "coding-agent"})))).unwrap();
     asb["apiVersion"] = json!("agentcell.dev/v1alpha1");
     asb["kind"] = json!("AgentSandbox");
 
@@ -39,17 +40,25 @@ async fn controller_run_lists_watches_reconciles_and_shuts_down() {
         let c = api.next().await;
         let is_watch = c.query.contains("watch=true");
         let collection = match c.path.as_str() {
-            "/apis/agentcell.dev/v1alpha1/agentsandboxes" => Some(("agentcell.dev/v1alpha1", "AgentSandboxList")),
+            "/apis/agentcell.dev/v1alpha1/agentsandboxes" => {
+                Some(("agentcell.dev/v1alpha1", "AgentSandboxList"))
+            }
             "/api/v1/pods" => Some(("v1", "PodList")),
             "/api/v1/services" => Some(("v1", "ServiceList")),
-            "/apis/networking.k8s.io/v1/networkpolicies" => Some(("networking.k8s.io/v1", "NetworkPolicyList")),
+            "/apis/networking.k8s.io/v1/networkpolicies" => {
+                Some(("networking.k8s.io/v1", "NetworkPolicyList"))
+            }
             "/api/v1/configmaps" => Some(("v1", "ConfigMapList")),
             _ => None,
         };
         if let Some((version, kind)) = collection {
             assert_eq!(c.method, Method::GET);
             if ["PodList", "ServiceList", "NetworkPolicyList"].contains(&kind) {
-                assert!(c.query.contains(owned_selector), "owned objects by label: {}", c.query);
+                assert!(
+                    c.query.contains(owned_selector),
+                    "owned objects by label: {}",
+                    c.query
+                );
             }
             if is_watch {
                 assert!(c.query.contains("resourceVersion=1000"), "{}", c.query);
@@ -57,7 +66,11 @@ async fn controller_run_lists_watches_reconciles_and_shuts_down() {
                 held.push(c.hold());
             } else {
                 lists.insert(kind);
-                let items = if kind == "AgentSandboxList" { vec![asb.clone()] } else { vec![] };
+                let items = if kind == "AgentSandboxList" {
+                    vec![asb.clone()]
+                } else {
+                    vec![]
+                };
                 c.reply(200, list(version, kind, items));
             }
             continue;

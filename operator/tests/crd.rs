@@ -218,7 +218,10 @@ fn examples() -> Vec<(String, Value)> {
 #[test]
 fn examples_validate_against_the_crd_schema_and_the_policy_engine() {
     let all = examples();
-    let sandboxes: Vec<_> = all.iter().filter(|(_, d)| d["kind"] == "AgentSandbox").collect();
+    let sandboxes: Vec<_> = all
+        .iter()
+        .filter(|(_, d)| d["kind"] == "AgentSandbox")
+        .collect();
     let names: Vec<&str> = sandboxes.iter().map(|(f, _)| f.as_str()).collect();
     assert_eq!(names, ["coding-agent.yaml", "ml-sandbox.yaml"]);
     for (file, doc) in &sandboxes {
@@ -235,7 +238,12 @@ fn examples_validate_against_the_crd_schema_and_the_policy_engine() {
             .iter()
             .find(|(_, d)| {
                 d["kind"] == "ConfigMap"
-                    && asb.spec.policy.config_map_ref.as_ref().is_some_and(|r| d["metadata"]["name"] == r.name.as_str())
+                    && asb
+                        .spec
+                        .policy
+                        .config_map_ref
+                        .as_ref()
+                        .is_some_and(|r| d["metadata"]["name"] == r.name.as_str())
             })
             .map(|(_, d)| serde_json::from_value::<ConfigMap>(d.clone()).unwrap());
         resolve_policy(&asb.spec.policy, cm.as_ref()).unwrap_or_else(|e| panic!("{file}: {e}"));
@@ -268,10 +276,16 @@ fn schema_rejects_unknown_fields_wrong_enums_and_bad_durations() {
         ".spec.service.ports[0].port: 70000 out of range",
         ".spec.policy.preset: \"no-such-preset\" is not one of",
     ] {
-        assert!(errs.iter().any(|e| e.starts_with(want)), "{want} not in {errs:?}");
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{want} not in {errs:?}"
+        );
     }
     let mut no_template = example("coding-agent");
-    no_template["spec"].as_object_mut().unwrap().remove("podTemplate");
+    no_template["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("podTemplate");
     assert_eq!(schema_errors(&no_template), [".spec.podTemplate: required"]);
     // The inline policy is free-form for the schema: the policy engine judges it.
     let mut odd = example("coding-agent");
@@ -326,7 +340,10 @@ fn cel_rules_require_exactly_one_lifetime_form() {
     assert!(cel_errors(&time_only).is_empty());
 
     let mut no_lifetime = base;
-    no_lifetime["spec"].as_object_mut().unwrap().remove("lifetime");
+    no_lifetime["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("lifetime");
     assert!(cel_errors(&no_lifetime).is_empty());
 }
 

@@ -34,8 +34,10 @@ fn assert_owned(obj: &Value) {
     let owners = obj["metadata"]["ownerReferences"].as_array().unwrap();
     assert_eq!(
         owners,
-        &vec![json!({"apiVersion": "agentcell.dev/v1alpha1", "kind": "AgentSandbox",
-                     "name": NAME, "uid": UID, "controller": true})]
+        &vec![
+            json!({"apiVersion": "agentcell.dev/v1alpha1", "kind": "AgentSandbox",
+                     "name": NAME, "uid": UID, "controller": true})
+        ]
     );
 }
 
@@ -247,13 +249,17 @@ fn configmap(policy: &str) -> ConfigMap {
             namespace: Some(NS.into()),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([("policy.json".to_owned(), policy.to_owned())])),
+        data: Some(BTreeMap::from([(
+            "policy.json".to_owned(),
+            policy.to_owned(),
+        )])),
         ..Default::default()
     }
 }
 
 fn cm_spec(update: &str) -> Value {
-    let mut spec = spec_with(json!({"configMapRef": {"name": "agent-policy", "key": "policy.json"}}));
+    let mut spec =
+        spec_with(json!({"configMapRef": {"name": "agent-policy", "key": "policy.json"}}));
     spec["updatePolicy"] = json!(update);
     spec
 }
@@ -270,7 +276,10 @@ async fn configmap_source_creates_pod_with_its_digest() {
         expect_prelude(&mut api, "agentcell").await;
         api.expect(Method::GET, &pod_path()).await.not_found();
         let pod = api.expect_apply(&pod_path()).await;
-        assert_eq!(pod.body["metadata"]["annotations"][ANN_DIGEST], digest.as_str());
+        assert_eq!(
+            pod.body["metadata"]["annotations"][ANN_DIGEST],
+            digest.as_str()
+        );
         pod.echo();
         assert_eq!(api.expect_status().await["policyDigest"], digest.as_str());
     })
@@ -335,7 +344,9 @@ async fn configmap_change_with_update_policy_recreate_replaces_the_pod() {
             .await
             .reply(200, serde_json::to_value(&new).unwrap());
         expect_prelude(&mut api, "agentcell").await;
-        api.expect(Method::GET, &pod_path()).await.reply(200, pod.clone());
+        api.expect(Method::GET, &pod_path())
+            .await
+            .reply(200, pod.clone());
         let del = api.expect(Method::DELETE, &pod_path()).await;
         let mut deleting = pod.clone();
         deleting["metadata"]["deletionTimestamp"] = json!(NOW);
@@ -357,7 +368,10 @@ async fn configmap_change_with_update_policy_recreate_replaces_the_pod() {
         expect_prelude(&mut api, "agentcell").await;
         api.expect(Method::GET, &pod_path()).await.not_found();
         let p = api.expect_apply(&pod_path()).await;
-        assert_eq!(p.body["metadata"]["annotations"][ANN_DIGEST], new_digest.as_str());
+        assert_eq!(
+            p.body["metadata"]["annotations"][ANN_DIGEST],
+            new_digest.as_str()
+        );
         p.echo();
         api.expect_status().await;
     })
@@ -375,8 +389,12 @@ async fn suspend_deletes_the_pod_and_running_again_recreates_it() {
     let mut status = Value::Null;
     run(suspended, ctx.clone(), async {
         expect_prelude(&mut api, "agentcell").await;
-        api.expect(Method::GET, &pod_path()).await.reply(200, pod.clone());
-        api.expect(Method::DELETE, &pod_path()).await.reply(200, pod.clone());
+        api.expect(Method::GET, &pod_path())
+            .await
+            .reply(200, pod.clone());
+        api.expect(Method::DELETE, &pod_path())
+            .await
+            .reply(200, pod.clone());
         status = api.expect_status().await;
     })
     .await
@@ -427,7 +445,10 @@ async fn expiry_with_delete_deletes_the_sandbox() {
         );
         let del = api.expect(Method::DELETE, &sandbox_path()).await;
         assert_eq!(del.body["propagationPolicy"], "Background");
-        del.reply(200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}));
+        del.reply(
+            200,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        );
     })
     .await
     .unwrap();
@@ -442,8 +463,12 @@ async fn expiry_with_retain_deletes_the_pod_and_keeps_the_sandbox() {
     ));
     let pod = existing_pod(&asb, None, running_ready("10.0.0.9"));
     let action = run(asb, ctx, async {
-        api.expect(Method::GET, &pod_path()).await.reply(200, pod.clone());
-        api.expect(Method::DELETE, &pod_path()).await.reply(200, pod);
+        api.expect(Method::GET, &pod_path())
+            .await
+            .reply(200, pod.clone());
+        api.expect(Method::DELETE, &pod_path())
+            .await
+            .reply(200, pod);
         api.expect_event("Normal", "Expired").await;
         let st = api.expect_status().await;
         let (s, r, _) = cond(&st, "Expired");
@@ -573,8 +598,7 @@ async fn api_errors_are_returned_for_retry() {
     .await;
     let err = res.unwrap_err();
     assert!(
-        err.to_string()
-            .starts_with("get runtimeclass agentcell: "),
+        err.to_string().starts_with("get runtimeclass agentcell: "),
         "{err}"
     );
     assert_eq!(err.kind(), "api");

@@ -121,7 +121,10 @@ impl ApiServer {
     /// A Warning or Normal event about the sandbox; returns the event body.
     pub async fn expect_event(&mut self, type_: &str, reason: &str) -> Value {
         let c = self
-            .expect(Method::POST, &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"))
+            .expect(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            )
             .await;
         let ev = c.body.clone();
         assert_eq!(ev["type"], type_, "{ev}");
@@ -140,7 +143,8 @@ impl ApiServer {
         assert_eq!(c.body["kind"], "AgentSandbox");
         let status = c.body["status"].clone();
         // The API server answers with the whole object.
-        let mut whole = serde_json::to_value(sandbox(spec_with(json!({"preset": "offline"})))).unwrap();
+        let mut whole =
+            serde_json::to_value(sandbox(spec_with(json!({"preset": "offline"})))).unwrap();
         whole["status"] = status.clone();
         c.reply(200, whole);
         status
