@@ -279,6 +279,9 @@ impl<'a> Sandbox<'a> {
                 )
                 .await
                 .map_err(kube_err(format!("apply networkpolicy {}", self.name)))?;
+        } else {
+            // Switched off after it was made: it must not linger.
+            self.delete_owned::<NetworkPolicy>("networkpolicy").await?;
         }
         if self.asb.spec.service.enabled {
             let svc = desired::service(self.asb);
@@ -292,6 +295,7 @@ impl<'a> Sandbox<'a> {
                 .map_err(kube_err(format!("apply service {}", self.name)))?;
             self.status.service_fqdn = Some(desired::service_fqdn(self.asb, &self.ctx.config));
         } else {
+            self.delete_owned::<Service>("service").await?;
             self.status.service_fqdn = None;
         }
 
@@ -468,6 +472,32 @@ impl<'a> Sandbox<'a> {
         self.conds.set(READY, state, reason, message);
         self.status.pod_name = Some(pod.name_any());
         self.status.pod_ip = ip;
+    }
+
+    /// Deletes this sandbox's object of kind `K` if it exists and is ours.
+    async fn delete_owned<K>(&self, what: &str) -> Result<(), Error>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let Some(uid) = self.asb.metadata.uid.clone() else {
+            return Ok(());
+        };
+        let api = self.api::<K>();
+        let Some(obj) = get_opt(&api, &self.name, what).await? else {
+            return Ok(());
+        };
+        // A same-named object someone else made is not ours to delete.
+        if !obj.owner_references().iter().any(|o| o.uid == uid) {
+            return Ok(());
+        }
+        match api.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(kube_err(format!("delete {what} {}", self.name))(e)),
+        }
     }
 
     async fn delete_pod(&self, why: &str) -> Result<(), Error> {

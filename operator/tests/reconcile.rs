@@ -129,7 +129,19 @@ async fn microvm_isolation_uses_its_runtime_class() {
         api.expect(Method::GET, &runtimeclass_path("agentcell-vm"))
             .await
             .reply(200, runtime_class("agentcell-vm"));
-        // Neither NetworkPolicy nor Service: both switched off.
+        // Both switched off: a NetworkPolicy left from before is deleted, a Service someone
+        // else made under that name is kept, and neither is applied.
+        let np = existing_owned(&netpol_path(), "networking.k8s.io/v1", "NetworkPolicy", UID);
+        api.expect(Method::GET, &netpol_path())
+            .await
+            .reply(200, np.clone());
+        api.expect(Method::DELETE, &netpol_path())
+            .await
+            .reply(200, np);
+        let foreign = existing_owned(&service_path(), "v1", "Service", "someone-else");
+        api.expect(Method::GET, &service_path())
+            .await
+            .reply(200, foreign);
         api.expect(Method::GET, &pod_path()).await.not_found();
         let pod = api.expect_apply(&pod_path()).await;
         assert_eq!(pod.body["spec"]["runtimeClassName"], "agentcell-vm");
@@ -140,6 +152,15 @@ async fn microvm_isolation_uses_its_runtime_class() {
     })
     .await
     .unwrap();
+}
+
+fn existing_owned(path: &str, api_version: &str, kind: &str, owner_uid: &str) -> Value {
+    json!({"apiVersion": api_version, "kind": kind,
+           "metadata": {"name": path.rsplit('/').next().unwrap(), "namespace": NS,
+                        "ownerReferences": [{"apiVersion": "agentcell.dev/v1alpha1",
+                            "kind": "AgentSandbox", "name": NAME, "uid": owner_uid,
+                            "controller": true}]},
+           "spec": {}})
 }
 
 fn invalid_inline() -> Value {
