@@ -70,18 +70,18 @@ impl Call {
 
 impl ApiServer {
     pub async fn next(&mut self) -> Call {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
+        tokio::time::timeout(Duration::from_secs(10), self.next_or_none())
             .await
             .expect("the operator sent no further request within 10 s")
-            .expect("the client is gone");
+            .expect("the client is gone")
+    }
+
+    /// The next request, or `None` once the client is gone.
+    pub async fn next_or_none(&mut self) -> Option<Call> {
+        let (req, send) = self.0.next_request().await?;
         let (parts, body) = req.into_parts();
         let bytes = body.collect_bytes().await.unwrap();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).expect("request bodies are JSON")
-        };
-        Call {
+        Some(Call {
             method: parts.method,
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or_default().to_owned(),
@@ -89,9 +89,13 @@ impl ApiServer {
                 .headers
                 .get("content-type")
                 .map(|v| v.to_str().unwrap().to_owned()),
-            body,
+            body: if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).expect("request bodies are JSON")
+            },
             send,
-        }
+        })
     }
 
     /// The next request must be `method path`.
