@@ -29,10 +29,10 @@ fn merge(into: &mut Value, patch: &Value) {
     }
 }
 
+type Shared<T> = Arc<Mutex<T>>;
+
 /// Serves one Lease: GET, POST (create) and PATCH (merged), recording every request.
-fn fake_lease_api(
-    initial: Option<Value>,
-) -> (Client, Arc<Mutex<Option<Value>>>, Arc<Mutex<Vec<String>>>) {
+fn fake_lease_api(initial: Option<Value>) -> (Client, Shared<Option<Value>>, Shared<Vec<String>>) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let lease = Arc::new(Mutex::new(initial));
     let log = Arc::new(Mutex::new(Vec::new()));
