@@ -197,6 +197,18 @@ fn cel_errors(obj: &Value) -> Vec<String> {
     }
 }
 
+#[test]
+fn deploy_manifest_passes_kubernetes_validate() {
+    let text = kubernetes_validate(
+        Some("1.33.0"),
+        &repo().join("operator/deploy/operator.yaml"),
+    );
+    assert!(
+        text.contains("passed for resource deployment/agentcell-operator"),
+        "{text}"
+    );
+}
+
 fn examples() -> Vec<(String, Value)> {
     let dir = repo().join("examples");
     let mut out = Vec::new();
