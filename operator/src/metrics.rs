@@ -119,3 +119,58 @@ pub fn phase(asb: &AgentSandbox) -> &'static str {
         "Pending"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn asb(isolation: &str, conditions: serde_json::Value) -> AgentSandbox {
+        serde_json::from_value(json!({
+            "apiVersion": "agentcell.dev/v1alpha1", "kind": "AgentSandbox",
+            "metadata": {"name": "x", "namespace": "n"},
+            "spec": {"isolation": isolation, "policy": {"preset": "offline"},
+                     "podTemplate": {"spec": {"containers": []}}},
+            "status": {"conditions": conditions},
+        }))
+        .unwrap()
+    }
+
+    fn c(type_: &str, status: &str) -> serde_json::Value {
+        json!({"type": type_, "status": status, "reason": "R", "message": "",
+               "lastTransitionTime": "2026-01-01T00:00:00Z"})
+    }
+
+    #[test]
+    fn sandboxes_are_counted_by_phase_and_isolation() {
+        let m = Metrics::new();
+        let all = [
+            asb("container", json!([c(READY, "True")])),
+            asb("container", json!([c(READY, "True")])),
+            asb(
+                "microvm",
+                json!([c(POLICY_VALID, "False"), c(READY, "False")]),
+            ),
+            asb("microvm", json!([c(SUSPENDED, "True"), c(READY, "False")])),
+            asb(
+                "container",
+                json!([c(EXPIRED, "True"), c(SUSPENDED, "True")]),
+            ),
+            asb("container", json!([])),
+        ];
+        m.count_sandboxes(all.iter());
+        let text = m.encode();
+        for line in [
+            r#"agentcell_operator_sandboxes{phase="Ready",isolation="container"} 2"#,
+            r#"agentcell_operator_sandboxes{phase="Invalid",isolation="microvm"} 1"#,
+            r#"agentcell_operator_sandboxes{phase="Suspended",isolation="microvm"} 1"#,
+            r#"agentcell_operator_sandboxes{phase="Expired",isolation="container"} 1"#,
+            r#"agentcell_operator_sandboxes{phase="Pending",isolation="container"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        // A recount replaces the previous one.
+        m.count_sandboxes(all[..1].iter());
+        assert!(!m.encode().contains("microvm"));
+    }
+}
