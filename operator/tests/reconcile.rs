@@ -634,3 +634,25 @@ fn policy_annotation_round_trips_through_the_policy_engine() {
     let doc = parse_with(&p.canonical, &ParseOptions::default()).unwrap();
     assert_eq!(digest(&doc), p.digest);
 }
+
+#[tokio::test]
+async fn a_foreign_pod_with_the_sandbox_name_is_left_alone() {
+    let (ctx, mut api, _) = context(NOW);
+    let asb = sandbox(spec_with(json!({"preset": "offline"})));
+    let mut foreign = existing_pod(&asb, None, running_ready("10.0.0.9"));
+    foreign["metadata"]["ownerReferences"][0]["uid"] = json!("someone-else");
+    let action = run(asb, ctx, async {
+        expect_prelude(&mut api, "agentcell").await;
+        api.expect(Method::GET, &pod_path())
+            .await
+            .reply(200, foreign);
+        // Neither deleted nor applied over: a Warning, then the status.
+        api.expect_event("Warning", "PodNameTaken").await;
+        let st = api.expect_status().await;
+        assert_eq!(cond(&st, "Ready").1, "PodNameTaken");
+        assert_eq!(st.get("podName"), None);
+    })
+    .await
+    .unwrap();
+    assert_eq!(action, Action::requeue(RETRY_MISSING));
+}
