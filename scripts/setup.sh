@@ -22,6 +22,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# kubernetes-validate (PyPI) checks the operator's generated CRD against Kubernetes' own schemas
+# (operator/tests/crd.rs). Debian's Python is externally managed, hence the fallback flag.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip
+  fi
+  $SUDO python3 -m pip install --quiet kubernetes-validate 2>/dev/null ||
+    $SUDO python3 -m pip install --quiet --break-system-packages kubernetes-validate
+  command -v kubernetes-validate >/dev/null 2>&1 || {
+    echo "setup: kubernetes-validate is not on PATH after pip install" >&2
+    exit 1
+  }
+fi
+
 # The toolchain pinned in rust-toolchain.toml, with rustfmt and clippy.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install rustup (https://rustup.rs) first" >&2
