@@ -105,7 +105,7 @@ pub fn oci_archive(work: &Path, name: &str, cmd: &[&str]) -> PathBuf {
 /// Imports `name` into the containerd of `c`.
 pub fn import(c: &crate::Containerd, name: &str, cmd: &[&str]) {
     let archive = oci_archive(&c.dir, name, cmd);
-    let r = c.ctr(&["images", "import", "--no-unpack", archive.to_str().unwrap()]);
+    let r = c.ctr(&["images", "import", archive.to_str().unwrap()]);
     assert_eq!(r.code, 0, "import {name}: {}", r.stderr);
     let r = c.ctr(&["images", "ls", "-q"]);
     assert!(

@@ -96,7 +96,7 @@ impl Containerd {
             std::fs::write(
                 cni.join("10-e2e.conflist"),
                 format!(
-                    r#"{{"cniVersion":"0.4.0","name":"e2e-{tag}","plugins":[{{"type":"bridge","bridge":"{br}","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"dataDir":"{d}/ipam"}}}},{{"type":"loopback"}}]}}"#,
+                    r#"{{"cniVersion":"0.4.0","name":"e2e-{tag}","plugins":[{{"type":"bridge","bridge":"{br}","isGateway":true,"ipMasq":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{subnet}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}],"dataDir":"{d}/ipam"}}}},{{"type":"loopback"}}]}}"#,
                     br = bridge_name(tag),
                     d = dir.display(),
                 ),

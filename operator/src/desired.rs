@@ -23,7 +23,9 @@ pub const ANN_POLICY: &str = "agentcell.dev/mxc-policy";
 /// `sha256:…` of [`ANN_POLICY`]'s value; the shim recomputes and compares it.
 pub const ANN_DIGEST: &str = "agentcell.dev/policy-digest";
 /// Digest of the pod template the pod was made from, to detect template changes.
-pub const ANN_TEMPLATE: &str = "agentcell.dev/template-digest";
+/// Not under `agentcell.dev/`: the shim refuses keys there it does not know, and containerd
+/// passes `agentcell.dev/*` through to it.
+pub const ANN_TEMPLATE: &str = "operator.agentcell.dev/template-digest";
 /// Label on everything a sandbox owns, naming the sandbox (the Service and NetworkPolicy select
 /// the pod by it).
 pub const LABEL_SANDBOX: &str = "agentcell.dev/sandbox";

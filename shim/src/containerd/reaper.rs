@@ -131,7 +131,16 @@ fn reap_all() {
                     cb(exit);
                 }
             }
-            None => tracing::trace!(pid = pid.as_raw(), status, "reaped an orphan"),
+            None => {
+                // containerd-shim's own helpers (the rootfs mount) wait through its monitor.
+                let _ =
+                    containerd_shim::monitor::monitor_notify_by_pid(pid.as_raw(), status as i32);
+                tracing::trace!(
+                    pid = pid.as_raw(),
+                    status,
+                    "reaped a process we do not track"
+                );
+            }
         }
     }
 }

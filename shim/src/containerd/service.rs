@@ -62,6 +62,8 @@ struct Shared {
     exit: Arc<ExitSignal>,
     last_activity: Mutex<Instant>,
     idle_exit: Mutex<Duration>,
+    /// Requests being served (a slow `create` is activity, not idleness).
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,50 @@ struct Ctr {
     pod_sandbox: Option<String>,
     cgroups_path: String,
     systemd: bool,
+    /// Applied to the init from outside: libcontainer would write it into the shim itself.
+    oom_score_adj: Option<i64>,
+}
+
+/// Removes `oomScoreAdj` from a process spec: libcontainer writes it into the calling process,
+/// which here is the long-lived shim.
+fn take_oom_score_adj(process: &mut Value) -> Option<i64> {
+    process
+        .as_object_mut()
+        .and_then(|p| p.remove("oomScoreAdj"))
+        .and_then(|v| v.as_i64())
+}
+
+/// Undoes what libcontainer does to its caller (non-dumpable), and gives the new process its
+/// OOM score adjustment.
+fn after_build(pid: i32, oom_score_adj: Option<i64>) {
+    // SAFETY: prctl with constant arguments on this process.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+    if let Some(v) = oom_score_adj
+        && pid > 0
+        && let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), v.to_string())
+    {
+        tracing::warn!(pid, oom_score_adj = v, error = %e, "setting the OOM score adjustment");
+    }
+}
+
+/// Counts a request in flight until dropped.
+struct Busy<'a>(&'a Shared);
+
+impl<'a> Busy<'a> {
+    fn new(s: &'a Shared) -> Self {
+        s.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(s)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        *self.0.last_activity.lock().expect("activity") = Instant::now();
+    }
 }
 
 fn err(code: Code, msg: impl Into<String>) -> ttrpc::Error {
@@ -159,6 +205,7 @@ impl Service {
             exit,
             last_activity: Mutex::new(Instant::now()),
             idle_exit: Mutex::new(Duration::from_secs(60)),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         });
         if let Err(e) = reaper::start() {
             tracing::error!(error = %e, "starting the reaper");
@@ -169,7 +216,8 @@ impl Service {
             loop {
                 std::thread::sleep(Duration::from_secs(1));
                 let idle = *watch.idle_exit.lock().expect("idle");
-                let empty = watch.containers.lock().expect("containers").is_empty();
+                let empty = watch.containers.lock().expect("containers").is_empty()
+                    && watch.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0;
                 if empty && watch.last_activity.lock().expect("activity").elapsed() > idle {
                     tracing::info!(idle_s = idle.as_secs(), "no containers: the shim exits");
                     watch.exit.signal();
@@ -408,6 +456,8 @@ impl Service {
         for n in &confined.notes {
             tracing::info!(container = %req.id, "{n}");
         }
+        let mut confined = confined;
+        let oom_score_adj = take_oom_score_adj(&mut confined.spec["process"]);
         let dir = self.s.root.join(&req.id);
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
         std::fs::write(
@@ -467,6 +517,7 @@ impl Service {
                 .unwrap_or_default()
                 .to_string(),
             systemd: cfg_systemd,
+            oom_score_adj,
         };
         Ok((ctr, pside, sside))
     }
@@ -570,6 +621,7 @@ impl Service {
         confine::check_capabilities(spec.get("capabilities"))
             .map_err(|e| err(Code::PERMISSION_DENIED, format!("exec {}: {e}", p.exec_id)))?;
         spec["noNewPrivileges"] = Value::Bool(true);
+        let oom = take_oom_score_adj(&mut spec);
         let env: Vec<String> = spec
             .get("env")
             .and_then(Value::as_array)
@@ -596,8 +648,12 @@ impl Service {
                 .with_process(Some(&path))
                 .with_detach(true)
                 .build()
-                .map_err(|e| err(Code::INTERNAL, format!("exec {}: {e}", p.exec_id)))?
+                .map_err(|e| {
+                    after_build(0, None);
+                    err(Code::INTERNAL, format!("exec {}: {e}", p.exec_id))
+                })?
                 .as_raw();
+            after_build(pid, oom);
             *p.pid.lock().expect("pid") = pid;
             self.watch_exit(c, p, pid);
             pid
@@ -639,6 +695,7 @@ impl Task for Service {
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
         self.touch();
+        let _busy = Busy::new(&self.s);
         let _span = tracing::info_span!("create", container = %req.id).entered();
         let t0 = Instant::now();
         let (ctr, pside, mut sside) = self.prepare_container(&req).map_err(|m| {
@@ -661,11 +718,15 @@ impl Task for Service {
             match r {
                 Ok(lc) => {
                     let pid = lc.pid().map(|p| p.as_raw()).unwrap_or(0);
+                    after_build(pid, ctr.oom_score_adj);
                     *ctr.init.pid.lock().expect("pid") = pid;
                     self.watch_exit(&ctr, &ctr.init, pid);
                     Ok(pid)
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => {
+                    after_build(0, None);
+                    Err(e.to_string())
+                }
             }
         };
         if let Some(h) = console {

@@ -1,0 +1,199 @@
+//! The CRI path (root), what kubelet does: containerd's CRI plugin with the bridge CNI from
+//! containernetworking-plugins and the runtime `agentcell` (`pod_annotations =
+//! ["agentcell.dev/*"]`), driven by a small CRI client: RunPodSandbox with the policy annotation
+//! → CreateContainer → StartContainer → ExecSync → ContainerStats → StopPodSandbox →
+//! RemovePodSandbox. Images are built from busybox-static and imported from an OCI archive.
+
+use std::collections::HashMap;
+
+use agentcell_e2e::testhost::TestHost;
+use agentcell_e2e::{Containerd, image};
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+async fn connect(c: &Containerd) -> RuntimeServiceClient<Channel> {
+    let sock = c.sock.clone();
+    let channel = Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let sock = sock.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(sock).await?))
+            }
+        }))
+        .await
+        .expect("CRI socket");
+    RuntimeServiceClient::new(channel)
+}
+
+fn sandbox_config(c: &Containerd, name: &str, policy: &serde_json::Value) -> cri::PodSandboxConfig {
+    let logs = c.dir.join("logs").join(name);
+    std::fs::create_dir_all(&logs).unwrap();
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.to_string_lossy().into_owned(),
+        annotations: HashMap::from([("agentcell.dev/mxc-policy".to_string(), policy.to_string())]),
+        linux: Some(cri::LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image::APP.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        linux: Some(cri::LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+fn policy() -> serde_json::Value {
+    json!({"version": "0.8.0-alpha",
+        "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
+        "network": {"egress": {"default": "deny", "allow": [
+            {"to": [{"cidr": "198.18.62.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}})
+}
+
+fn cri_ready(c: &Containerd) {
+    image::import(c, image::APP, &["/bin/sh"]);
+    image::import(c, image::PAUSE, &["/bin/sleep", "2147483647"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_runs_confined_through_cri() {
+    let host = TestHost::new(62, &[8080, 8081]);
+    let c = Containerd::start_cri("cri");
+    cri_ready(&c);
+    let mut rt = connect(&c).await;
+    let sandbox = sandbox_config(&c, "pod-a", &policy());
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: "agentcell".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let ctr = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("app", "sleep 1000")),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()))
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "cat /etc/secret && echo READ-SECRET; echo x > /work/f && echo WROTE; \
+                 echo y > /f 2>/dev/null || echo ROOT-READONLY; \
+                 ls /var/run/secrets 2>/dev/null; \
+                 for p in 8080 8081; do echo \"$p $(nc -w 2 198.18.62.2 $p </dev/null 2>/dev/null || echo BLOCKED)\"; done; exit 5"
+                    .into(),
+            ],
+            timeout: 20,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", c.log()))
+        .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.exit_code,
+        5,
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("READ-SECRET"), "{stdout}");
+    assert!(
+        stdout.contains("WROTE") && stdout.contains("ROOT-READONLY"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("8080 BANNER-8080"), "{stdout}");
+    assert!(stdout.contains("8081 BLOCKED"), "{stdout}");
+
+    let stats = rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: ctr.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ContainerStats: {e}\n{}", c.log()))
+        .into_inner()
+        .stats
+        .expect("stats");
+    let mem = stats.memory.expect("memory stats");
+    assert!(
+        mem.working_set_bytes.map_or(0, |v| v.value) > 0
+            || mem.usage_bytes.map_or(0, |v| v.value) > 0,
+        "{mem:?}"
+    );
+
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log()));
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
+    drop(host);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_an_invalid_policy_is_refused_with_the_reason() {
+    let c = Containerd::start_cri("cri-bad");
+    cri_ready(&c);
+    let mut rt = connect(&c).await;
+    let bad = json!({"version": "0.8.0-alpha", "network": {"egress": {"default": "maybe"}}});
+    let e = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox_config(&c, "pod-bad", &bad)),
+            runtime_handler: "agentcell".into(),
+        })
+        .await
+        .expect_err("an invalid policy must not run");
+    let msg = e.message().to_string();
+    assert!(msg.contains("agentcell.dev/mxc-policy"), "{msg}");
+    assert!(msg.contains("network.egress.default"), "{msg}");
+    let pods = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(
+        pods.iter()
+            .all(|p| p.state != cri::PodSandboxState::SandboxReady as i32),
+        "{pods:?}"
+    );
+}

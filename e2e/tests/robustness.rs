@@ -1,0 +1,194 @@
+//! Robustness (root): many cycles leave nothing behind; a shim killed with SIGKILL is cleaned up
+//! by containerd's `delete`; restarting containerd does not disturb running containers and the
+//! shim serves the new containerd.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use agentcell_e2e::{Containerd, image};
+use serde_json::json;
+
+const RUNTIME: &str = "io.containerd.agentcell.v2";
+
+fn annotation() -> String {
+    let p = json!({"version": "0.8.0-alpha",
+        "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
+        "network": {"egress": {"default": "deny"}}});
+    format!("agentcell.dev/mxc-policy={p}")
+}
+
+fn count_lines(cmd: &str, args: &[&str]) -> usize {
+    let out = std::process::Command::new(cmd).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+/// What a container could leave behind, counted host-wide.
+fn census(c: &Containerd) -> BTreeMap<&'static str, usize> {
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|e| entries(&e.path().join(&c.namespace).to_string_lossy()))
+        .sum();
+    BTreeMap::from([
+        ("mounts", count_lines("cat", &["/proc/self/mountinfo"])),
+        ("cgroups", cgroups),
+        ("netns", entries("/run/netns")),
+        ("nft tables", count_lines("nft", &["list", "tables"])),
+        ("links", count_lines("ip", &["-o", "link"])),
+        ("shim sockets", entries("/run/containerd/s")),
+        ("shim processes", c.shim_pids().len()),
+        (
+            "shim state",
+            entries(&format!("/run/agentcell/shim/{}", c.namespace)),
+        ),
+    ])
+}
+
+fn settle(c: &Containerd) {
+    for _ in 0..100 {
+        if c.shim_pids().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_hundred_cycles_leave_nothing_behind() {
+    let c = Containerd::start("cycles");
+    let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    let rootfs = rootfs.to_str().unwrap();
+    // One cycle first: the first run creates what is shared and kept (the state root).
+    let ann = annotation();
+    let run = |i: usize| {
+        let id = format!("cyc{i}");
+        let r = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &ann,
+            "--rootfs",
+            rootfs,
+            &id,
+            "/bin/true",
+        ]);
+        assert_eq!(r.code, 0, "cycle {i}: {r:?}");
+    };
+    run(0);
+    settle(&c);
+    let before = census(&c);
+    for i in 1..=200 {
+        run(i);
+    }
+    settle(&c);
+    let after = census(&c);
+    assert_eq!(before, after, "what 200 cycles left behind");
+}
+
+#[test]
+fn a_shim_killed_mid_run_is_cleaned_up_by_delete() {
+    let c = Containerd::start("shimkill");
+    let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    let before = census(&c);
+    let r = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "k1",
+        "/bin/sleep",
+        "4242",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let sleeping = || count_lines("pgrep", &["-f", "^/bin/sleep 4242$"]);
+    assert_eq!(sleeping(), 1);
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1);
+    // SAFETY: killing the test's own shim.
+    unsafe { libc::kill(shims[0], libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    // containerd notices the dead shim and runs `containerd-shim-agentcell-v2 delete`; an
+    // explicit delete must then succeed too.
+    let _ = c.ctr(&["tasks", "delete", "-f", "k1"]);
+    let _ = c.ctr(&["containers", "delete", "k1"]);
+    for _ in 0..100 {
+        if sleeping() == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        sleeping(),
+        0,
+        "the container outlived its deleted task\n{}",
+        c.log()
+    );
+    settle(&c);
+    assert_eq!(before, census(&c), "what the killed shim left behind");
+}
+
+#[test]
+fn restarting_containerd_keeps_containers_running_and_served() {
+    let mut c = Containerd::start("restart");
+    let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    let r = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "r1",
+        "/bin/sleep",
+        "4343",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    c.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        count_lines("pgrep", &["-f", "^/bin/sleep 4343$"]),
+        1,
+        "containerd's exit took the container"
+    );
+    c.launch();
+    let ls = c.ctr(&["tasks", "ls"]);
+    assert!(
+        ls.stdout.contains("r1") && ls.stdout.contains("RUNNING"),
+        "{ls:?}"
+    );
+    let r = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "after-restart",
+        "r1",
+        "/bin/sh",
+        "-c",
+        "cat /etc/secret || echo STILL-DENIED",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    assert!(r.stdout.contains("STILL-DENIED"), "{r:?}");
+    assert_eq!(
+        c.ctr(&["tasks", "kill", "-a", "-s", "SIGKILL", "r1"]).code,
+        0
+    );
+    for _ in 0..100 {
+        if c.ctr(&["tasks", "ls"]).stdout.contains("STOPPED") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.ctr(&["tasks", "delete", "r1"]).code, 0);
+}
