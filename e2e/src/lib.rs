@@ -231,7 +231,15 @@ impl Containerd {
             };
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-agentcell-v2")
+            // A container's init is a fork of its shim (same command line) in a new PID
+            // namespace: count only processes of the host's.
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+            let host_pidns = status
+                .lines()
+                .find(|l| l.starts_with("NSpid:"))
+                .is_some_and(|l| l.split_whitespace().count() == 2);
+            if host_pidns
+                && cmd.contains("containerd-shim-agentcell-v2")
                 && cmd.contains(&*self.sock.to_string_lossy())
             {
                 pids.push(pid);

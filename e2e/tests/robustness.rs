@@ -10,6 +10,13 @@ use serde_json::json;
 
 const RUNTIME: &str = "io.containerd.agentcell.v2";
 
+/// The census is host-wide: these tests run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn annotation() -> String {
     let p = json!({"version": "0.8.0-alpha",
         "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
@@ -59,6 +66,7 @@ fn settle(c: &Containerd) {
 
 #[test]
 fn two_hundred_cycles_leave_nothing_behind() {
+    let _serial = serial();
     let c = Containerd::start("cycles");
     let rootfs = image::rootfs(&c.dir.join("rootfs"));
     let rootfs = rootfs.to_str().unwrap();
@@ -93,6 +101,7 @@ fn two_hundred_cycles_leave_nothing_behind() {
 
 #[test]
 fn a_shim_killed_mid_run_is_cleaned_up_by_delete() {
+    let _serial = serial();
     let c = Containerd::start("shimkill");
     let rootfs = image::rootfs(&c.dir.join("rootfs"));
     let before = census(&c);
@@ -113,7 +122,13 @@ fn a_shim_killed_mid_run_is_cleaned_up_by_delete() {
     let sleeping = || count_lines("pgrep", &["-f", "^/bin/sleep 4242$"]);
     assert_eq!(sleeping(), 1);
     let shims = c.shim_pids();
-    assert_eq!(shims.len(), 1);
+    let describe = |pids: &[i32]| {
+        pids.iter()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert_eq!(shims.len(), 1, "{}", describe(&shims));
     // SAFETY: killing the test's own shim.
     unsafe { libc::kill(shims[0], libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
@@ -139,6 +154,7 @@ fn a_shim_killed_mid_run_is_cleaned_up_by_delete() {
 
 #[test]
 fn restarting_containerd_keeps_containers_running_and_served() {
+    let _serial = serial();
     let mut c = Containerd::start("restart");
     let rootfs = image::rootfs(&c.dir.join("rootfs"));
     let r = c.ctr(&[

@@ -27,6 +27,7 @@ pub struct Shim {
     namespace: String,
     id: String,
     bundle: String,
+    address: String,
 }
 
 impl containerd_shim::Shim for Shim {
@@ -39,22 +40,13 @@ impl containerd_shim::Shim for Shim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle: args.bundle.clone(),
+            address: args.address.clone(),
         }
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
         // One shim per pod: containers of a CRI pod group under their sandbox's id.
-        let grouping = std::fs::read_to_string("config.json")
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                v.pointer(&format!(
-                    "/annotations/{}",
-                    annotations::CRI_SANDBOX_ID.replace('/', "~1")
-                ))
-                .and_then(|s| s.as_str().map(String::from))
-            })
-            .unwrap_or_else(|| opts.id.clone());
+        let grouping = grouping(Path::new("config.json")).unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         containerd_shim::util::write_address(&address)?;
         Ok(address)
@@ -66,7 +58,16 @@ impl containerd_shim::Shim for Shim {
         } else {
             Path::new(&self.bundle).to_path_buf()
         };
-        Ok(service::delete_orphan(&self.namespace, &self.id, &bundle))
+        let response = service::delete_orphan(&self.namespace, &self.id, &bundle);
+        // The socket of a shim that died (SIGKILL) stays behind: remove it when nothing
+        // listens on it any more.
+        let grouping = grouping(&bundle.join("config.json")).unwrap_or_else(|| self.id.clone());
+        let address = containerd_shim::socket_address(&self.address, &self.namespace, &grouping);
+        let path = address.trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(response)
     }
 
     fn wait(&mut self) {
@@ -76,6 +77,15 @@ impl containerd_shim::Shim for Shim {
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         service::Service::new(&self.namespace, publisher, self.exit.clone())
     }
+}
+
+/// The pod sandbox id in a bundle's spec (CRI containers), which groups a pod under one shim.
+fn grouping(config: &Path) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).ok()?).ok()?;
+    v.get("annotations")?
+        .get(annotations::CRI_SANDBOX_ID)?
+        .as_str()
+        .map(String::from)
 }
 
 /// Logs go to containerd's log FIFO (`log` in the bundle) when serving; every line carries the
