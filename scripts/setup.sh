@@ -10,8 +10,11 @@ SUDO=""
 # Debian packages: the build needs a C toolchain and libseccomp (libcontainer links it; the
 # escape suite compiles its probe with cc; busybox-static makes the image of the --rootfs test;
 # nftables and iproute2 install and check the network fence in namespaces the tests create);
-# bubblewrap, runc and crun are the baselines of benches/exec.sh.
-PKGS=(build-essential pkg-config libseccomp-dev busybox-static nftables iproute2 bubblewrap runc crun)
+# bubblewrap, runc and crun are the baselines of benches/exec.sh; containerd (1.6) with the
+# bridge CNI (containernetworking-plugins, iptables for its masquerade) runs the shim's e2e suite;
+# protobuf-compiler builds the CRI client of that suite; python3 serves the test hosts' banners.
+PKGS=(build-essential pkg-config libseccomp-dev busybox-static nftables iproute2 bubblewrap runc crun
+  containerd containernetworking-plugins iptables protobuf-compiler python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

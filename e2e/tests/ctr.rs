@@ -232,3 +232,32 @@ fn a_bad_policy_is_refused_with_its_key_path_and_reason() {
     assert!(r.stderr.contains("no policy"), "{}", r.stderr);
     assert!(c.ctr(&["tasks", "ls", "-q"]).stdout.trim().is_empty());
 }
+
+#[test]
+fn a_terminal_works_for_the_init_and_for_exec() {
+    let c = Containerd::start("ctr-tty");
+    let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    // `script` gives ctr the terminal it insists on for -t.
+    let under_tty = |cmd: String| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ctr = format!("ctr -a {} -n {}", c.sock.display(), c.namespace);
+    let ann = annotation(&policy()).replace('\'', "");
+    let out = under_tty(format!(
+        "{ctr} run --rm -t --runtime {RUNTIME} --annotation '{ann}' --rootfs {} tty1 sh -c 'tty; echo TTY-INIT'",
+        rootfs.display()
+    ));
+    assert!(out.contains("/dev/pts/") && out.contains("TTY-INIT"), "{out}\n{}", c.log());
+    let r = c.ctr(&[
+        "run", "-d", "--runtime", RUNTIME, "--annotation", &annotation(&policy()), "--rootfs",
+        rootfs.to_str().unwrap(), "tty2", "/bin/sleep", "1000",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let out = under_tty(format!("{ctr} tasks exec -t --exec-id x tty2 sh -c 'tty; cat /etc/secret || echo TTY-EXEC-DENIED'"));
+    assert!(out.contains("/dev/pts/") && out.contains("TTY-EXEC-DENIED"), "{out}");
+}
