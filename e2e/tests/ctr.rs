@@ -252,12 +252,30 @@ fn a_terminal_works_for_the_init_and_for_exec() {
         "{ctr} run --rm -t --runtime {RUNTIME} --annotation '{ann}' --rootfs {} tty1 sh -c 'tty; echo TTY-INIT'",
         rootfs.display()
     ));
-    assert!(out.contains("/dev/pts/") && out.contains("TTY-INIT"), "{out}\n{}", c.log());
+    assert!(
+        out.contains("/dev/pts/") && out.contains("TTY-INIT"),
+        "{out}\n{}",
+        c.log()
+    );
     let r = c.ctr(&[
-        "run", "-d", "--runtime", RUNTIME, "--annotation", &annotation(&policy()), "--rootfs",
-        rootfs.to_str().unwrap(), "tty2", "/bin/sleep", "1000",
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(&policy()),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "tty2",
+        "/bin/sleep",
+        "1000",
     ]);
     assert_eq!(r.code, 0, "{r:?}");
-    let out = under_tty(format!("{ctr} tasks exec -t --exec-id x tty2 sh -c 'tty; cat /etc/secret || echo TTY-EXEC-DENIED'"));
-    assert!(out.contains("/dev/pts/") && out.contains("TTY-EXEC-DENIED"), "{out}");
+    let out = under_tty(format!(
+        "{ctr} tasks exec -t --exec-id x tty2 sh -c 'tty; cat /etc/secret || echo TTY-EXEC-DENIED'"
+    ));
+    assert!(
+        out.contains("/dev/pts/") && out.contains("TTY-EXEC-DENIED"),
+        "{out}"
+    );
 }

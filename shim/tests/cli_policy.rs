@@ -222,3 +222,57 @@ fn doctor_reports_this_host() {
     let human = agentcell(&["doctor"]);
     assert!(String::from_utf8_lossy(&human.stdout).contains("presets on this host:"));
 }
+
+#[test]
+fn explain_pod_shows_the_shim_s_view_and_ignores_the_command() {
+    let d = tmpdir("pod");
+    let p = write(
+        &d,
+        "c.json",
+        r#"{"version":"0.8.0-alpha","process":{"commandLine":"make"},"filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#,
+    );
+    let out = agentcell(&[
+        "policy",
+        "explain",
+        "--pod",
+        "--host",
+        "reference",
+        p.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("process.commandLine is ignored"), "{text}");
+    assert!(text.contains("/work (ReadWrite)"), "{text}");
+    let out = agentcell(&[
+        "policy",
+        "explain",
+        "--pod",
+        "--json",
+        "--host",
+        "reference",
+        p.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["pod"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("service-account token"))
+    );
+    // Without --pod the command is required, as MXC's executor requires it.
+    let q = write(&d, "nocmd.json", r#"{"version":"0.8.0-alpha"}"#);
+    assert!(
+        agentcell(&[
+            "policy",
+            "explain",
+            "--pod",
+            "--host",
+            "reference",
+            q.to_str().unwrap()
+        ])
+        .status
+        .success()
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -257,3 +257,44 @@ fn rule(r: &NetRule) -> String {
         r.origin
     )
 }
+
+/// What the containerd shim does beyond the plan for a pod's container (`explain --pod`).
+pub fn pod_notes(doc: &Document, plan: &Plan) -> Vec<String> {
+    use agentcell_policy::plan::fs::Access;
+    let mut n = Vec::new();
+    if doc
+        .config
+        .process
+        .as_ref()
+        .is_some_and(|p| p.command_line.is_some())
+    {
+        n.push(
+            "process.commandLine is ignored: the image and the pod spec decide what runs (process.env, process.cwd and the timeout apply)"
+                .to_string(),
+        );
+    }
+    n.push("root: the image, read-only; fresh /dev, /proc, /tmp; no /sys".into());
+    let granted: Vec<String> = plan
+        .filesystem
+        .entries
+        .iter()
+        .filter(|e| e.access != Access::Denied)
+        .map(|e| format!("{} ({:?})", e.path, e.access))
+        .collect();
+    n.push(format!(
+        "pod mounts (volumes, secrets, the service-account token, hostPath) are left out unless under a granted path: {}",
+        if granted.is_empty() {
+            "none granted".to_string()
+        } else {
+            granted.join(", ")
+        }
+    ));
+    n.push("/etc/hosts, /etc/hostname, /etc/resolv.conf from the pod: read-only".into());
+    n.push(format!(
+        "refused capabilities: {}; privilege gain off (no_new_privs)",
+        crate::containerd::confine::REFUSED_CAPABILITIES.join(", ")
+    ));
+    n.push("the pod's own seccomp profile is kept; the plan's filter is stacked on it".into());
+    n.push("network: the pod's namespace is fenced once, when its sandbox starts; host network is refused; a per-container policy may not change the network".into());
+    n
+}

@@ -55,6 +55,11 @@ pub enum PolicyCommand {
         /// Plan for this host (probed) or for a reference host that can enforce everything.
         #[arg(long, value_enum, default_value_t = HostChoice::This)]
         host: HostChoice,
+        /// Plan as the containerd shim does for a pod's container: the image (`--rootfs`, else
+        /// `/` standing for it) is the read-only root, `process.commandLine` is ignored, and the
+        /// pod's own mounts are left out unless a policy path grants them.
+        #[arg(long)]
+        pod: bool,
         /// The whole plan as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -144,14 +149,24 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             gpu,
             rootfs,
             host,
+            pod,
             json,
         } => {
+            let rootfs = match (rootfs, pod) {
+                (Some(p), _) => Some(p.display().to_string()),
+                (None, true) => Some("/".to_string()),
+                (None, false) => None,
+            };
             let opts = CompileOptions {
                 best_effort,
-                rootfs: rootfs.map(|p| p.display().to_string()),
+                rootfs,
                 gpu,
             };
-            explain(&file, &read, &opts, host, json)
+            let mut read = read;
+            if pod {
+                read.no_command = true;
+            }
+            explain(&file, &read, &opts, host, pod, json)
         }
         PolicyCommand::Digest {
             file,
@@ -252,6 +267,7 @@ fn explain(
     read: &ReadArgs,
     opts: &CompileOptions,
     host: HostChoice,
+    pod: bool,
     json: bool,
 ) -> ExitCode {
     let text = match read_source(file) {
@@ -275,12 +291,22 @@ fn explain(
     match agentcell_policy::compile(&doc, &host, opts) {
         Ok(plan) => {
             if json {
+                let mut v = serde_json::to_value(&plan).expect("plan serializes");
+                if pod {
+                    v["pod"] = serde_json::json!(super::explain::pod_notes(&doc, &plan));
+                }
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                    serde_json::to_string_pretty(&v).expect("plan serializes")
                 );
             } else {
                 print!("{}", super::explain::render(file, &doc, &plan));
+                if pod {
+                    println!("pod (containerd shim)");
+                    for n in super::explain::pod_notes(&doc, &plan) {
+                        println!("          {n}");
+                    }
+                }
             }
             ExitCode::SUCCESS
         }
