@@ -22,7 +22,7 @@ threading.Event().wait()
 /// .3, ::2 and ::3 inside; fd00:18::/32 stays clear of this machine's own fd00::/64), serving
 /// banners on the given ports over both families.
 pub struct TestHost {
-    ns: String,
+    pub ns: String,
     link: String,
     server: Child,
 }

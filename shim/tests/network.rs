@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 
 use agentcell_e2e::testhost::TestHost;
 use common::{Fixture, require_root};
