@@ -222,6 +222,15 @@ impl Containerd {
         Ran::from(child.wait_with_output().unwrap())
     }
 
+    /// The socket the shim of container `id` (or of the pod it groups under) listens on, as
+    /// containerd-shim names it: a hash of containerd's address, the namespace and the id.
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        use sha2::Digest;
+        let key = self.sock.join(&self.namespace).join(id);
+        let hash = sha2::Sha256::digest(key.to_string_lossy().as_bytes());
+        Path::new("/run/containerd/s").join(hex::encode(hash))
+    }
+
     /// Pids of the shims serving this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();

@@ -210,11 +210,28 @@ impl Service {
         if let Err(e) = reaper::start() {
             tracing::error!(error = %e, "starting the reaper");
         }
-        // Nothing connects to an idle shim for long: exit by ourselves.
+        // Nothing connects to an idle shim for long: exit by ourselves. An idle shim with
+        // containers gives back the text pages its last requests faulted in.
         let watch = s.clone();
         std::thread::spawn(move || {
+            let mut trimmed_at = None;
             loop {
                 std::thread::sleep(Duration::from_secs(1));
+                let last = *watch.last_activity.lock().expect("activity");
+                if last.elapsed() >= Duration::from_secs(2)
+                    && watch.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+                    && trimmed_at != Some(last)
+                {
+                    let before = super::memory::resident();
+                    let advised = super::memory::trim_text();
+                    tracing::debug!(
+                        before,
+                        after = super::memory::resident(),
+                        advised,
+                        "trimmed idle text pages"
+                    );
+                    trimmed_at = Some(last);
+                }
                 let idle = *watch.idle_exit.lock().expect("idle");
                 let empty = watch.containers.lock().expect("containers").is_empty()
                     && watch.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0;
