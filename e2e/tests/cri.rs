@@ -108,6 +108,8 @@ async fn a_pod_runs_confined_through_cri() {
     .await
     .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
 
+    // One shim serves the whole pod (the sandbox and its container).
+    assert_eq!(c.shim_pids().len(), 1, "one shim per pod");
     let out = rt
         .exec_sync(cri::ExecSyncRequest {
             container_id: ctr.clone(),
@@ -155,6 +157,18 @@ async fn a_pod_runs_confined_through_cri() {
             || mem.usage_bytes.map_or(0, |v| v.value) > 0,
         "{mem:?}"
     );
+
+    // UpdateContainerResources (the task API's Update) reaches the container's cgroup.
+    rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+        container_id: ctr.clone(),
+        linux: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 200 * 1024 * 1024,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("UpdateContainerResources: {e}\n{}", c.log()));
 
     rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),

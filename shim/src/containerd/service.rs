@@ -349,6 +349,10 @@ impl Service {
             msg
         };
 
+        // From here on the shim runs `ip` and `nft`: their exits must not be taken by the
+        // reaper (it waits for this lock before reaping). Not before: the rootfs mount above
+        // waits for a helper the reaper has to reap.
+        let _reaping_paused = REAP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let opts = CompileOptions {
             best_effort: selection.best_effort,
             rootfs: Some(root.display().to_string()),
@@ -695,6 +699,8 @@ impl Service {
             tracing::warn!(rootfs = %r.display(), error = %e, "unmounting the rootfs");
         }
         if let Some(n) = c.own_netns.lock().expect("netns").take() {
+            // Removing it runs `ip` and `nft`: keep the reaper off their exits.
+            let _g = REAP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
             drop(n);
         }
         if let Some(sid) = &c.pod_sandbox {
