@@ -9,7 +9,6 @@ pub mod annotations;
 pub mod config;
 pub mod confine;
 pub mod io;
-pub mod memory;
 pub mod reaper;
 pub mod service;
 pub mod stats;

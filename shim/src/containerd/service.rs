@@ -222,11 +222,11 @@ impl Service {
                     && watch.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
                     && trimmed_at != Some(last)
                 {
-                    let before = super::memory::resident();
-                    let advised = super::memory::trim_text();
+                    let before = crate::sandbox::memory::resident();
+                    let advised = crate::sandbox::memory::trim_text();
                     tracing::debug!(
                         before,
-                        after = super::memory::resident(),
+                        after = crate::sandbox::memory::resident(),
                         advised,
                         "trimmed idle text pages"
                     );

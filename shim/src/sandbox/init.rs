@@ -46,6 +46,9 @@ pub fn run_as_init(exec: impl FnOnce() -> Result<(), ExecutorError>) -> Result<(
                 // SAFETY: installing a handler that only calls kill(2).
                 let _ = unsafe { sigaction(sig, &action) };
             }
+            // This process only waits from now on: the runner's text it was forked with need
+            // not stay resident.
+            super::memory::trim_text();
             let code = reap(child);
             // SAFETY: exit without unwinding: this is the sandbox's PID 1.
             unsafe { libc::_exit(code) }

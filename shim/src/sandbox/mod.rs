@@ -5,6 +5,7 @@ pub mod aliases;
 pub mod audit;
 pub mod init;
 pub mod landlock;
+pub mod memory;
 pub mod prepare;
 pub mod runner;
 pub mod spec;

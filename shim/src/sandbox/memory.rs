@@ -1,5 +1,5 @@
-//! Keeps an idle shim small. A shim lives as long as its pod, mostly idle, and one runs per pod
-//! on a node: its resident set is what it costs. Most of it is the program text faulted in (and
+//! Keeps long-lived, mostly idle processes small: the containerd shim (one per pod) and each
+//! sandbox's PID 1 (a fork of the runner that only reaps): their resident sets are what they cost. Most of it is the program text faulted in (and
 //! mapped around each fault) while serving the pod's first requests. Text is never written, so
 //! dropping its page-table entries loses nothing: the pages stay in the page cache and the next
 //! request faults back in only what it runs.
