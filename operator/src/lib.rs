@@ -14,6 +14,8 @@ pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod netpol;
+pub mod pool;
+pub mod pool_reconcile;
 pub mod reconcile;
 pub mod server;
 
