@@ -382,3 +382,276 @@ impl Expectations {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd_pool::{AgentSandboxPoolSpec, PoolUpdateStrategy, RollingUpdate};
+    use serde_json::{Value, json};
+
+    fn pool(replicas: i32, max: Option<i32>, strategy: PoolUpdateType) -> AgentSandboxPool {
+        let template = serde_json::from_value(json!({
+            "podTemplate": {"spec": {"containers": [{"name": "agent", "image": "busybox"}]}},
+            "policy": {"preset": "offline"},
+        }))
+        .unwrap();
+        let mut p = AgentSandboxPool::new(
+            "warm",
+            AgentSandboxPoolSpec {
+                template,
+                replicas,
+                max_replicas: max,
+                update_strategy: PoolUpdateStrategy {
+                    type_: strategy,
+                    rolling_update: Some(RollingUpdate { max_unavailable: 1 }),
+                },
+            },
+        );
+        p.metadata.namespace = Some("team-a".into());
+        p.metadata.uid = Some("pool-uid".into());
+        p
+    }
+
+    fn ident(p: &AgentSandboxPool) -> PoolIdentity {
+        let policy = desired::resolve_policy(&p.spec.template.policy, None).unwrap();
+        PoolIdentity::new(&p.spec.template, &policy)
+    }
+
+    /// A member as the API server lists it: `ready` sets Ready/UpToDate and the status digest.
+    fn member(
+        p: &AgentSandboxPool,
+        id: &PoolIdentity,
+        name: &str,
+        age: u32,
+        ready: bool,
+    ) -> AgentSandbox {
+        let mut m = new_member(p, id);
+        m.metadata.generate_name = None;
+        m.metadata.name = Some(name.into());
+        m.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            format!("2026-01-01T00:{:02}:00Z", 59 - age)
+                .parse()
+                .unwrap(),
+        ));
+        m.metadata.owner_references.as_mut().unwrap()[0].uid = "pool-uid".into();
+        let c = |t: &str, s: &str, r: &str| {
+            json!({"type": t, "status": s, "reason": r, "message": "",
+                   "lastTransitionTime": "2026-01-01T00:00:00Z"})
+        };
+        let conds: Value = if ready {
+            json!([
+                c("Ready", "True", "PodReady"),
+                c("UpToDate", "True", "Current")
+            ])
+        } else {
+            json!([c("Ready", "False", "PodPending")])
+        };
+        m.status = Some(
+            serde_json::from_value(json!({"conditions": conds,
+                "policyDigest": id.policy_digest, "isolation": id.isolation}))
+            .unwrap(),
+        );
+        m
+    }
+
+    fn claimed(mut m: AgentSandbox) -> AgentSandbox {
+        m.labels_mut().insert(LABEL_CLAIM.into(), "c".into());
+        m.metadata.owner_references.as_mut().unwrap()[0].uid = "claim-uid".into();
+        m
+    }
+
+    fn stale(mut m: AgentSandbox) -> AgentSandbox {
+        m.labels_mut().insert(LABEL_TEMPLATE.into(), "0000".into());
+        m
+    }
+
+    #[test]
+    fn labels_are_label_safe() {
+        let p = pool(1, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        let m = new_member(&p, &id);
+        for (k, v) in m.labels() {
+            assert!(v.len() <= 63 && !v.contains(':'), "{k}={v}");
+        }
+        assert_eq!(m.labels()[LABEL_POLICY].len(), 40);
+        assert!(id.policy_digest.contains(&m.labels()[LABEL_POLICY]));
+        assert_eq!(m.metadata.generate_name.as_deref(), Some("warm-"));
+        assert_eq!(m.spec, p.spec.template);
+    }
+
+    #[test]
+    fn empty_pool_fills_to_replicas_capped_by_max_replicas() {
+        let p = pool(3, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        assert_eq!(plan(&p, &id, &[], 0).create, 3);
+        // Creates in flight count as members.
+        assert_eq!(plan(&p, &id, &[], 2).create, 1);
+        let one = [member(&p, &id, "a", 1, true)];
+        assert_eq!(plan(&p, &id, &one, 0).create, 2);
+        // maxReplicas below replicas (the CEL rule rejects it, an old object may still say it).
+        let p = pool(5, Some(2), PoolUpdateType::RollingUpdate);
+        let pl = plan(&p, &id, &one, 0);
+        assert_eq!((pl.desired, pl.create), (2, 1));
+        // Claimed members do not count: the pool replenishes.
+        let p = pool(2, Some(2), PoolUpdateType::RollingUpdate);
+        let ms = [
+            claimed(member(&p, &id, "a", 2, true)),
+            member(&p, &id, "b", 1, true),
+        ];
+        let pl = plan(&p, &id, &ms, 0);
+        assert_eq!((pl.create, pl.claimed, pl.replicas), (1, 1, 1));
+        assert!(pl.delete.is_empty());
+    }
+
+    #[test]
+    fn surplus_goes_newest_and_not_ready_first() {
+        let p = pool(1, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        let ms = [
+            member(&p, &id, "old", 9, true),
+            member(&p, &id, "new", 1, true),
+            member(&p, &id, "pending", 5, false),
+        ];
+        let pl = plan(&p, &id, &ms, 0);
+        assert_eq!(pl.delete, ["pending", "new"]);
+        assert_eq!(pl.create, 0);
+    }
+
+    #[test]
+    fn unschedulable_members_hold_creation_back() {
+        let p = pool(3, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        let mut stuck = member(&p, &id, "a", 1, false);
+        stuck.status.as_mut().unwrap().conditions[0].reason = POD_UNSCHEDULABLE.into();
+        let pl = plan(&p, &id, &[stuck], 0);
+        assert_eq!(pl.create, 0);
+        assert_eq!(
+            pl.hold.as_deref(),
+            Some("holding back: 1 member(s) cannot be scheduled (a)")
+        );
+    }
+
+    #[test]
+    fn recreate_replaces_every_outdated_unclaimed_member_and_no_claimed_one() {
+        let p = pool(2, None, PoolUpdateType::Recreate);
+        let id = ident(&p);
+        let ms = [
+            stale(member(&p, &id, "a", 3, true)),
+            stale(member(&p, &id, "b", 2, true)),
+            claimed(stale(member(&p, &id, "c", 1, true))),
+        ];
+        let pl = plan(&p, &id, &ms, 0);
+        assert_eq!(pl.delete, ["a", "b"]);
+        assert_eq!((pl.create, pl.outdated, pl.claimed), (2, 2, 1));
+    }
+
+    #[test]
+    fn rolling_update_takes_at_most_max_unavailable() {
+        let p = pool(3, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        let ms = [
+            stale(member(&p, &id, "a", 3, true)),
+            stale(member(&p, &id, "b", 2, true)),
+            stale(member(&p, &id, "c", 1, true)),
+            claimed(stale(member(&p, &id, "d", 4, true))),
+        ];
+        let pl = plan(&p, &id, &ms, 0);
+        assert_eq!(
+            pl.delete,
+            ["a"],
+            "the oldest outdated member, one at a time"
+        );
+        assert_eq!(pl.create, 1);
+        // Next round: the new member is not ready yet, so nothing more goes.
+        let ms = [
+            stale(member(&p, &id, "b", 2, true)),
+            stale(member(&p, &id, "c", 1, true)),
+            member(&p, &id, "n", 0, false),
+        ];
+        let pl = plan(&p, &id, &ms, 0);
+        assert!(pl.delete.is_empty());
+        assert_eq!(pl.create, 0);
+        // An outdated member that is not ready serves nobody: it goes regardless.
+        let ms = [
+            stale(member(&p, &id, "b", 2, false)),
+            stale(member(&p, &id, "c", 1, true)),
+            member(&p, &id, "n", 0, false),
+        ];
+        assert_eq!(plan(&p, &id, &ms, 0).delete, ["b"]);
+    }
+
+    #[test]
+    fn only_ready_current_unclaimed_members_are_bindable_oldest_first() {
+        let p = pool(3, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        let mut wrong_digest = member(&p, &id, "digest", 9, true);
+        wrong_digest.status.as_mut().unwrap().policy_digest = Some("sha256:00".into());
+        let mut wrong_iso = member(&p, &id, "iso", 8, true);
+        wrong_iso.status.as_mut().unwrap().isolation = Some(Isolation::Microvm);
+        let mut not_up_to_date = member(&p, &id, "utd", 7, true);
+        not_up_to_date.status.as_mut().unwrap().conditions[1].status = "False".into();
+        let mut foreign = member(&p, &id, "foreign", 6, true);
+        foreign.metadata.owner_references.as_mut().unwrap()[0].uid = "other".into();
+        let ms = [
+            wrong_digest,
+            wrong_iso,
+            not_up_to_date,
+            foreign,
+            stale(member(&p, &id, "stale", 5, true)),
+            claimed(member(&p, &id, "claimed", 4, true)),
+            member(&p, &id, "pending", 3, false),
+            member(&p, &id, "young", 1, true),
+            member(&p, &id, "old", 2, true),
+        ];
+        let names: Vec<String> = bind_candidates(&ms, &p, &id)
+            .iter()
+            .map(|m| m.name_any())
+            .collect();
+        assert_eq!(names, ["old", "young"]);
+        assert_eq!(plan(&p, &id, &ms, 0).updated_ready, 2);
+    }
+
+    #[test]
+    fn a_policy_change_makes_members_outdated() {
+        let p = pool(1, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        let m = member(&p, &id, "a", 1, true);
+        let mut p2 = p.clone();
+        p2.spec.template.policy.preset = Some("coding-agent".into());
+        let id2 = ident(&p2);
+        assert_ne!(id.policy_digest, id2.policy_digest);
+        assert!(is_current(&m, &id) && !is_current(&m, &id2));
+        assert!(bind_candidates(std::slice::from_ref(&m), &p2, &id2).is_empty());
+    }
+
+    #[test]
+    fn expectations_count_unseen_creates_until_seen_or_expired() {
+        let e = Expectations::default();
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        e.expect("ns/p", "p-1".into(), t0);
+        e.expect("ns/p", "p-2".into(), t0);
+        assert_eq!(e.in_flight("ns/p", &HashSet::new(), t0), 2);
+        assert_eq!(e.in_flight("ns/q", &HashSet::new(), t0), 0);
+        let seen = HashSet::from(["p-1".to_owned()]);
+        assert_eq!(e.in_flight("ns/p", &seen, t0), 1);
+        let later = t0.checked_add(EXPECTATION_TTL).unwrap();
+        assert_eq!(e.in_flight("ns/p", &HashSet::new(), later), 0);
+    }
+
+    #[test]
+    fn claim_lifetime_counts_from_the_claim() {
+        let mut c: AgentSandboxClaim = serde_json::from_value(json!({
+            "apiVersion": "agentcell.dev/v1alpha1", "kind": "AgentSandboxClaim",
+            "metadata": {"name": "c", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"poolRef": {"name": "warm"},
+                     "lifetime": {"shutdownAfter": "1h", "shutdownPolicy": "Retain"}}}))
+        .unwrap();
+        let l = claim_lifetime(&c).unwrap().unwrap();
+        assert_eq!(l.shutdown_time.as_deref(), Some("2026-01-01T01:00:00Z"));
+        assert_eq!(l.shutdown_policy, crate::crd::ShutdownPolicy::Retain);
+        c.spec.lifetime.as_mut().unwrap().shutdown_after = Some("soon".into());
+        assert_eq!(claim_lifetime(&c).unwrap_err().reason(), "InvalidLifetime");
+        c.spec.lifetime = None;
+        assert_eq!(claim_lifetime(&c).unwrap(), None);
+    }
+}
