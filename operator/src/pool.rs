@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 
-use crate::conditions::{POD_UNSCHEDULABLE, READY, UP_TO_DATE};
+use crate::conditions::{EXPIRED, POD_UNSCHEDULABLE, READY, UP_TO_DATE};
 use crate::crd::{AgentSandbox, AgentSandboxSpec, Isolation, Lifetime};
 use crate::crd_pool::{AgentSandboxClaim, AgentSandboxPool, PoolUpdateType};
 use crate::desired::{self, LABEL_MANAGED_BY, MANAGER, ResolvedPolicy, SpecError};
@@ -266,9 +266,16 @@ pub fn plan(
     let cap = spec.max_replicas.unwrap_or(spec.replicas);
     let desired = spec.replicas.min(cap).max(0) as usize;
     let claimed = members.iter().filter(|m| is_claimed(m)).count();
+    // An unclaimed member that expired (a template lifetime with `Retain`) keeps its sandbox but
+    // has no pod: it serves nobody, so it is deleted and replaced.
+    let expired: Vec<String> = members
+        .iter()
+        .filter(|m| !is_claimed(m) && !is_deleting(m) && cond_is(m, EXPIRED, "True"))
+        .map(|m| m.name_any())
+        .collect();
     let live: Vec<&AgentSandbox> = members
         .iter()
-        .filter(|m| !is_claimed(m) && !is_deleting(m))
+        .filter(|m| !is_claimed(m) && !is_deleting(m) && !cond_is(m, EXPIRED, "True"))
         .collect();
     let (mut current, stale): (Vec<&AgentSandbox>, Vec<&AgentSandbox>) =
         live.iter().partition(|m| is_current(m, id));
@@ -287,7 +294,7 @@ pub fn plan(
         )
     });
 
-    let mut delete = Vec::new();
+    let mut delete = expired;
     // Surplus current members (replicas lowered): the not-ready and newest go first.
     if current.len() > desired {
         current.sort_by_key(|m| {
@@ -515,6 +522,23 @@ mod tests {
         let pl = plan(&p, &id, &ms, 0);
         assert_eq!(pl.delete, ["pending", "new"]);
         assert_eq!(pl.create, 0);
+    }
+
+    #[test]
+    fn expired_unclaimed_members_are_replaced() {
+        let p = pool(1, None, PoolUpdateType::RollingUpdate);
+        let id = ident(&p);
+        let mut gone = member(&p, &id, "gone", 3, false);
+        gone.status.as_mut().unwrap().conditions.push(
+            serde_json::from_value(json!({"type": "Expired", "status": "True",
+                "reason": "Expired", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}))
+            .unwrap(),
+        );
+        let pl = plan(&p, &id, &[gone], 0);
+        assert_eq!(
+            (pl.delete.as_slice(), pl.create, pl.replicas),
+            (&["gone".to_owned()][..], 1, 0)
+        );
     }
 
     #[test]
