@@ -246,7 +246,10 @@ pub struct Plan {
     pub delete: Vec<String>,
     /// Why creation holds back (members the scheduler cannot place).
     pub hold: Option<String>,
+    /// Unclaimed members now.
     pub replicas: usize,
+    /// Unclaimed members once this plan's deletes and creates are done.
+    pub replicas_after: usize,
     pub ready: usize,
     pub updated_ready: usize,
     pub claimed: usize,
@@ -294,6 +297,7 @@ pub fn plan(
         )
     });
 
+    let expired_count = expired.len();
     let mut delete = expired;
     // Surplus current members (replicas lowered): the not-ready and newest go first.
     if current.len() > desired {
@@ -331,12 +335,14 @@ pub fn plan(
     } else {
         desired.saturating_sub(have)
     };
+    let replicas_after = (live.len() + create).saturating_sub(delete.len() - expired_count);
     Plan {
         desired,
         create,
         delete,
         hold,
         replicas: live.len(),
+        replicas_after,
         ready,
         updated_ready,
         claimed,
@@ -567,6 +573,7 @@ mod tests {
         let pl = plan(&p, &id, &ms, 0);
         assert_eq!(pl.delete, ["a", "b"]);
         assert_eq!((pl.create, pl.outdated, pl.claimed), (2, 2, 1));
+        assert_eq!((pl.replicas, pl.replicas_after), (2, 2));
     }
 
     #[test]

@@ -237,7 +237,8 @@ impl Pool {
         }
         let status = AgentSandboxPoolStatus {
             observed_generation: pool.metadata.generation,
-            replicas: (plan.replicas + created - plan.delete.len().min(plan.replicas)) as i32,
+            // Creates failed midway returned an error above, so the plan's count holds.
+            replicas: plan.replicas_after as i32,
             ready_replicas: plan.ready as i32,
             updated_ready_replicas: plan.updated_ready as i32,
             claimed: plan.claimed as i32,

@@ -828,3 +828,67 @@ async fn bench_claim_to_bound_for_1000_sequential_claims() {
     );
     assert!(p99 < Duration::from_millis(50), "p99 {p99:?}");
 }
+
+#[tokio::test]
+async fn a_pool_with_an_invalid_template_reports_it_and_makes_nothing() {
+    let (ctx, mut api, _) = context(NOW);
+    let mut tmpl = template("offline", "busybox");
+    tmpl["podTemplate"]["metadata"] =
+        json!({"annotations": {"agentcell.dev/policy-digest": "sha256:0"}});
+    let p = pool_with(2, None, json!({}), tmpl);
+    let action = run_pool(p, ctx, async {
+        // No member list, no create: straight to the status.
+        let st = api.expect_pool_status().await;
+        let (s, r, m) = cond(&st, "Progressing");
+        assert_eq!((s.as_str(), r.as_str()), ("False", "ReservedAnnotation"));
+        assert!(
+            m.starts_with("spec.template.podTemplate.metadata.annotations"),
+            "{m}"
+        );
+        assert_eq!(cond(&st, "Available").1, "ReservedAnnotation");
+        assert_eq!(st.get("policyDigest"), None);
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_bound_claim_follows_its_sandbox_and_reports_it_gone() {
+    let (ctx, mut api, _) = context(NOW);
+    let p = warm_pool(1);
+    let mut c = claim("c1", true, None);
+    c.status = Some(
+        serde_json::from_value(json!({"sandbox": "warm-a", "podIP": "10.0.0.1",
+            "claimToBoundMillis": 12, "conditions": []}))
+        .unwrap(),
+    );
+    // The pod moved: the new IP is reported, the first bind time kept.
+    run_claim(c.clone(), ctx.clone(), async {
+        api.expect(Method::GET, &pool_path())
+            .await
+            .reply(200, serde_json::to_value(&p).unwrap());
+        let mut m = claimed_by(member(&p, "warm-a", "1", true), "c1");
+        m["status"]["podIP"] = json!("10.0.0.99");
+        api.expect_list(LIST_FRESH, vec![m]).await;
+        let st = api.expect_claim_status("c1").await;
+        assert_eq!(st["podIP"], "10.0.0.99");
+        assert_eq!(st["claimToBoundMillis"], 12);
+        assert_eq!(cond(&st, "Bound").0, "True");
+    })
+    .await;
+    // The sandbox expired and was deleted: Bound=False, never a second member.
+    run_claim(c, ctx, async {
+        api.expect(Method::GET, &pool_path())
+            .await
+            .reply(200, serde_json::to_value(&p).unwrap());
+        api.expect_list(LIST_FRESH, vec![member(&p, "warm-b", "2", true)])
+            .await;
+        api.expect(Method::GET, &member_path("warm-a"))
+            .await
+            .not_found();
+        let st = api.expect_claim_status("c1").await;
+        assert_eq!(cond(&st, "Bound").1, "SandboxGone");
+        assert_eq!(st["sandbox"], "warm-a");
+    })
+    .await;
+}
