@@ -892,3 +892,36 @@ async fn a_bound_claim_follows_its_sandbox_and_reports_it_gone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_member_claimed_while_the_pool_deletes_it_survives() {
+    let (ctx, mut api, _) = context(NOW);
+    let p = warm_pool(1);
+    // replicas lowered to 1 with two members: one is surplus, but a claim takes it first. The
+    // delete carries the listed resourceVersion, the API server answers 409, the pool moves on.
+    let action = run_pool(p.clone(), ctx, async {
+        api.expect_list(
+            LIST_CACHED,
+            vec![
+                member(&p, "warm-a", "1", true),
+                member(&p, "warm-b", "2", true),
+            ],
+        )
+        .await;
+        let d = api.expect(Method::DELETE, &member_path("warm-a")).await;
+        assert_eq!(
+            d.body["preconditions"],
+            json!({"resourceVersion": "1", "uid": "uid-warm-a"})
+        );
+        d.reply(
+            409,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "Conflict", "code": 409, "message": "precondition failed"}),
+        );
+        // No create, no retry of the delete.
+        let st = api.expect_pool_status().await;
+        assert_eq!(st["readyReplicas"], 2);
+    })
+    .await;
+    assert_eq!(action, Action::requeue(RETRY_SOON));
+}
