@@ -40,7 +40,7 @@ if [ "${USE_EXISTING:-0}" != 1 ]; then
   kind create cluster --name "$CLUSTER" --wait 120s
 fi
 
-kubectl apply -f crds/agentsandbox.yaml
+kubectl apply -f crds/
 kubectl wait --for=condition=Established crd/agentsandboxes.agentcell.dev --timeout=60s
 kubectl apply -f - <<'YAML'
 apiVersion: node.k8s.io/v1

@@ -52,8 +52,13 @@ pub struct Conditions {
 
 impl Conditions {
     pub fn new(prev: &AgentSandboxStatus, generation: Option<i64>, now: Timestamp) -> Self {
+        Self::from_prev(&prev.conditions, generation, now)
+    }
+
+    /// From the previous conditions of any resource (pools and claims have their own types).
+    pub fn from_prev(prev: &[Condition], generation: Option<i64>, now: Timestamp) -> Self {
         Self {
-            prev: prev.conditions.clone(),
+            prev: prev.to_vec(),
             next: Vec::new(),
             generation,
             now,
@@ -113,8 +118,13 @@ impl Conditions {
 
     /// The conditions, every type present (`Unknown` for those this reconcile did not reach),
     /// in [`ALL`] order.
-    pub fn finish(mut self) -> Vec<Condition> {
-        for t in ALL {
+    pub fn finish(self) -> Vec<Condition> {
+        self.finish_types(&ALL)
+    }
+
+    /// The conditions, every one of `all` present (`Unknown` for those not set), in that order.
+    pub fn finish_types(mut self, all: &[&str]) -> Vec<Condition> {
+        for &t in all {
             if !self.is_set(t) {
                 self.set(
                     t,
@@ -125,7 +135,7 @@ impl Conditions {
             }
         }
         let mut out = self.next;
-        out.sort_by_key(|c| ALL.iter().position(|t| *t == c.type_));
+        out.sort_by_key(|c| all.iter().position(|t| *t == c.type_));
         out
     }
 }
@@ -166,13 +176,39 @@ pub fn pod_readiness(pod: &Pod) -> (State, &'static str, String, Option<String>)
             waiting(pod).unwrap_or_else(|| "pod is running, not ready".into()),
             ip,
         ),
-        _ => (
-            State::False,
-            "PodPending",
-            waiting(pod).unwrap_or_else(|| "pod is pending".into()),
-            None,
-        ),
+        _ => match unschedulable(pod) {
+            // Said apart from a plain Pending so a pool holds back instead of adding members
+            // that cannot be scheduled either.
+            Some(why) => (State::False, POD_UNSCHEDULABLE, why, None),
+            None => (
+                State::False,
+                "PodPending",
+                waiting(pod).unwrap_or_else(|| "pod is pending".into()),
+                None,
+            ),
+        },
     }
+}
+
+/// The `Ready` reason of a sandbox whose pod the scheduler cannot place.
+pub const POD_UNSCHEDULABLE: &str = "PodUnschedulable";
+
+/// Why the scheduler cannot place the pod (`PodScheduled=False`), if it cannot.
+fn unschedulable(pod: &Pod) -> Option<String> {
+    let c = pod
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    Some(format!(
+        "pod cannot be scheduled: {}",
+        c.message
+            .as_deref()
+            .or(c.reason.as_deref())
+            .unwrap_or("no reason given")
+    ))
 }
 
 fn failure(pod: &Pod) -> String {
@@ -278,5 +314,17 @@ mod tests {
 
         let (s, r, _, _) = pod_readiness(&pod(json!({"phase": "Pending"})));
         assert_eq!((s, r), (State::False, "PodPending"));
+
+        let stuck = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled",
+            "status": "False", "reason": "Unschedulable",
+            "message": "0/3 nodes are available: 3 Insufficient cpu."}]}),
+        );
+        let (s, r, m, _) = pod_readiness(&stuck);
+        assert_eq!((s, r), (State::False, POD_UNSCHEDULABLE));
+        assert_eq!(
+            m,
+            "pod cannot be scheduled: 0/3 nodes are available: 3 Insufficient cpu."
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! `agentcell-operator`: the controller binary. Serves `/metrics`, `/healthz` and `/readyz`,
-//! takes the leader Lease, reconciles `AgentSandbox`es while it holds it, and stops cleanly on
+//! takes the leader Lease, reconciles `AgentSandbox`es, `AgentSandboxPool`s and
+//! `AgentSandboxClaim`s while it holds it, and stops cleanly on
 //! SIGTERM (in-flight reconciles finish, the lease is released for a fast handover).
 
 use std::net::SocketAddr;
@@ -92,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.no_leader_election {
         health.set_ready(true);
-        controller::run(ctx, stopped(stop_rx.clone())).await;
+        controller::run_all(ctx, stopped(stop_rx.clone())).await;
     } else {
         let cfg = LeaderConfig {
             lease_name: args.lease_name,
@@ -126,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let _ = lost_tx.send(true);
             });
-            controller::run(ctx.clone(), stopped(lost_rx)).await;
+            controller::run_all(ctx.clone(), stopped(lost_rx)).await;
             watcher.abort();
             if *stop_rx.borrow() {
                 break;

@@ -58,7 +58,7 @@ impl Error {
     }
 }
 
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
     move |source| Error::Kube { action, source }
 }
@@ -86,6 +86,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub clock: Clock,
+    /// Pool member creates not yet seen in a list, per pool.
+    pub expectations: crate::pool::Expectations,
 }
 
 impl Context {
@@ -100,6 +102,7 @@ impl Context {
             config,
             metrics,
             clock: Clock::System,
+            expectations: crate::pool::Expectations::default(),
         }
     }
 
@@ -109,11 +112,11 @@ impl Context {
     }
 }
 
-fn apply_params() -> PatchParams {
+pub(crate) fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-async fn get_opt<K>(api: &Api<K>, name: &str, what: &str) -> Result<Option<K>, Error>
+pub(crate) async fn get_opt<K>(api: &Api<K>, name: &str, what: &str) -> Result<Option<K>, Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {

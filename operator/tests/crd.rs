@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use agentcell_operator::crd_pool::{AgentSandboxClaim, AgentSandboxPool};
 use agentcell_operator::desired::{check_template, resolve_policy};
 use agentcell_operator::{AgentSandbox, OperatorConfig};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -16,7 +17,13 @@ fn repo() -> PathBuf {
 }
 
 fn schema() -> Value {
-    let crd = serde_json::to_value(AgentSandbox::crd()).unwrap();
+    schema_of(AgentSandbox::crd())
+}
+
+fn schema_of(
+    crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> Value {
+    let crd = serde_json::to_value(crd).unwrap();
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
@@ -176,6 +183,10 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<String>) {
 }
 
 fn schema_errors(obj: &Value) -> Vec<String> {
+    schema_errors_in(&schema(), obj)
+}
+
+fn schema_errors_in(schema: &Value, obj: &Value) -> Vec<String> {
     let mut errs = Vec::new();
     // apiVersion, kind and metadata are the API server's own, not the CRD schema's.
     let mut body = obj.clone();
@@ -183,12 +194,16 @@ fn schema_errors(obj: &Value) -> Vec<String> {
     for k in ["apiVersion", "kind", "metadata"] {
         root.remove(k);
     }
-    validate(&schema(), &body, "", &mut errs);
+    validate(schema, &body, "", &mut errs);
     errs
 }
 
 fn cel_errors(obj: &Value) -> Vec<String> {
-    match kube_cel::Validator::new().validate(&schema(), obj, None) {
+    cel_errors_in(&schema(), obj)
+}
+
+fn cel_errors_in(schema: &Value, obj: &Value) -> Vec<String> {
+    match kube_cel::Validator::new().validate(schema, obj, None) {
         Ok(()) => Vec::new(),
         Err(errs) => errs
             .iter()
@@ -379,5 +394,166 @@ fn crd_names_columns_and_descriptions() {
     for (field, s) in spec.as_object().unwrap() {
         let d = s["description"].as_str().unwrap_or_default();
         assert!(d.len() > 20, "spec.{field} lacks a description");
+    }
+}
+
+#[test]
+fn committed_pool_and_claim_crds_are_crdgen_output() {
+    assert_eq!(
+        agentcell_operator::CRD_FILES,
+        ["agentsandbox", "agentsandboxpool", "agentsandboxclaim"]
+    );
+    for (name, crd) in [
+        ("agentsandboxpool", AgentSandboxPool::crd()),
+        ("agentsandboxclaim", AgentSandboxClaim::crd()),
+    ] {
+        let file = format!("crds/{name}.yaml");
+        let committed = std::fs::read_to_string(repo().join(&file)).unwrap();
+        let generated = agentcell_operator::crd_yaml_of(name).unwrap();
+        assert!(
+            committed == generated,
+            "{file} is stale: run `cargo run -p agentcell-operator --bin crdgen {name} > {file}`"
+        );
+        let parsed: Value = serde_saphyr::from_str(&committed).unwrap();
+        assert_eq!(parsed, serde_json::to_value(crd).unwrap());
+    }
+    assert_eq!(agentcell_operator::crd_yaml_of("nope"), None);
+}
+
+#[test]
+fn pool_and_claim_crds_pass_kubernetes_validate_strict() {
+    for (file, plural) in [
+        ("crds/agentsandboxpool.yaml", "agentsandboxpools"),
+        ("crds/agentsandboxclaim.yaml", "agentsandboxclaims"),
+    ] {
+        let text = kubernetes_validate(Some("1.33.0"), &repo().join(file));
+        assert!(
+            text.contains(&format!(
+                "passed for resource customresourcedefinition/{plural}.agentcell.dev against version 1.33"
+            )),
+            "{text}"
+        );
+        let text = kubernetes_validate(None, &repo().join(file));
+        assert!(text.contains("passed"), "{text}");
+    }
+}
+
+fn example_of(kind: &str) -> (String, Value) {
+    let mut found: Vec<_> = examples()
+        .into_iter()
+        .filter(|(_, d)| d["kind"] == kind)
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} example");
+    found.remove(0)
+}
+
+#[test]
+fn pool_and_claim_examples_validate_against_their_schemas() {
+    let pool_schema = schema_of(AgentSandboxPool::crd());
+    let claim_schema = schema_of(AgentSandboxClaim::crd());
+    let (file, pool) = example_of("AgentSandboxPool");
+    assert_eq!(file, "pool.yaml");
+    assert_eq!(schema_errors_in(&pool_schema, &pool), Vec::<String>::new());
+    assert_eq!(cel_errors_in(&pool_schema, &pool), Vec::<String>::new());
+    // The template is a sandbox spec the operator accepts, with a policy the engine accepts.
+    let p: AgentSandboxPool = serde_json::from_value(pool.clone()).unwrap();
+    let asb = agentcell_operator::pool::template_sandbox(&p);
+    check_template(&asb, &OperatorConfig::default()).unwrap();
+    resolve_policy(&asb.spec.policy, None).unwrap();
+
+    let (file, claim) = example_of("AgentSandboxClaim");
+    assert_eq!(file, "claim.yaml");
+    assert_eq!(
+        schema_errors_in(&claim_schema, &claim),
+        Vec::<String>::new()
+    );
+    assert_eq!(cel_errors_in(&claim_schema, &claim), Vec::<String>::new());
+    let c: AgentSandboxClaim = serde_json::from_value(claim.clone()).unwrap();
+    assert_eq!(c.spec.pool_ref.name, p.metadata.name.unwrap());
+
+    // The schemas can fail: unknown fields, a negative size, a bad strategy, no poolRef.
+    let mut bad = pool;
+    bad["spec"]["replica"] = json!(1);
+    bad["spec"]["replicas"] = json!(-1);
+    bad["spec"]["updateStrategy"]["type"] = json!("Surge");
+    let errs = schema_errors_in(&pool_schema, &bad);
+    for want in [
+        ".spec.replica: unknown field",
+        ".spec.replicas: -1 out of range",
+        ".spec.updateStrategy.type: \"Surge\" is not one of",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{want} not in {errs:?}"
+        );
+    }
+    let mut bad = claim;
+    bad["spec"].as_object_mut().unwrap().remove("poolRef");
+    assert_eq!(
+        schema_errors_in(&claim_schema, &bad),
+        [".spec.poolRef: required"]
+    );
+}
+
+#[test]
+fn cel_rule_caps_replicas_at_max_replicas() {
+    let schema = schema_of(AgentSandboxPool::crd());
+    let (_, base) = example_of("AgentSandboxPool");
+    let cap = "spec: replicas must not exceed maxReplicas";
+    let mut over = base.clone();
+    over["spec"]["replicas"] = json!(11);
+    assert_eq!(cel_errors_in(&schema, &over), [cap]);
+    let mut at = base.clone();
+    at["spec"]["replicas"] = json!(10);
+    assert!(cel_errors_in(&schema, &at).is_empty());
+    let mut uncapped = over;
+    uncapped["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("maxReplicas");
+    assert!(cel_errors_in(&schema, &uncapped).is_empty());
+    // The sandbox rules apply inside the template too.
+    let mut two = base;
+    two["spec"]["template"]["policy"]["inline"] = json!({"version": "0.8.0-alpha"});
+    assert_eq!(
+        cel_errors_in(&schema, &two),
+        ["spec.template.policy: exactly one of inline, configMapRef, preset must be set"]
+    );
+}
+
+#[test]
+fn pool_and_claim_names_and_columns() {
+    for (crd, name, short, cols) in [
+        (
+            AgentSandboxPool::crd(),
+            "agentsandboxpools.agentcell.dev",
+            "asbpool",
+            vec!["Desired", "Ready", "Updated", "Claimed", "Policy", "Age"],
+        ),
+        (
+            AgentSandboxClaim::crd(),
+            "agentsandboxclaims.agentcell.dev",
+            "asbclaim",
+            vec!["Bound", "Pool", "Sandbox", "IP", "Age"],
+        ),
+    ] {
+        let crd = serde_json::to_value(crd).unwrap();
+        assert_eq!(crd["metadata"]["name"], name);
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!([short]));
+        assert_eq!(crd["spec"]["scope"], "Namespaced");
+        let v = &crd["spec"]["versions"][0];
+        assert_eq!(v["subresources"]["status"], json!({}));
+        let got: Vec<&str> = v["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, cols);
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        for (field, s) in spec.as_object().unwrap() {
+            let d = s["description"].as_str().unwrap_or_default();
+            assert!(d.len() > 20, "{name} spec.{field} lacks a description");
+        }
     }
 }
