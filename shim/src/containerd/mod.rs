@@ -28,6 +28,7 @@ pub struct Shim {
     id: String,
     bundle: String,
     address: String,
+    socket: String,
 }
 
 impl containerd_shim::Shim for Shim {
@@ -41,6 +42,7 @@ impl containerd_shim::Shim for Shim {
             id: args.id.clone(),
             bundle: args.bundle.clone(),
             address: args.address.clone(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -75,7 +77,7 @@ impl containerd_shim::Shim for Shim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        service::Service::new(&self.namespace, publisher, self.exit.clone())
+        service::Service::new(&self.namespace, &self.socket, publisher, self.exit.clone())
     }
 }
 

@@ -64,6 +64,17 @@ struct Shared {
     idle_exit: Mutex<Duration>,
     /// Requests being served (a slow `create` is activity, not idleness).
     in_flight: std::sync::atomic::AtomicUsize,
+    /// The socket this shim serves on.
+    socket: String,
+}
+
+impl Shared {
+    /// Exits the shim. The socket is removed here: containerd-shim removes it only after
+    /// reading the `address` file in the bundle, which containerd may have deleted by then.
+    fn exit(&self) {
+        let _ = std::fs::remove_file(&self.socket);
+        self.exit.signal();
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,7 +192,12 @@ fn network_fingerprint(plan: &Plan) -> String {
 }
 
 impl Service {
-    pub fn new(namespace: &str, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        namespace: &str,
+        socket: &str,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<Event>();
         let ns = namespace.to_string();
         std::thread::Builder::new()
@@ -206,6 +222,7 @@ impl Service {
             last_activity: Mutex::new(Instant::now()),
             idle_exit: Mutex::new(Duration::from_secs(60)),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            socket: socket.trim_start_matches("unix://").to_string(),
         });
         if let Err(e) = reaper::start() {
             tracing::error!(error = %e, "starting the reaper");
@@ -237,7 +254,7 @@ impl Service {
                     && watch.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0;
                 if empty && watch.last_activity.lock().expect("activity").elapsed() > idle {
                     tracing::info!(idle_s = idle.as_secs(), "no containers: the shim exits");
-                    watch.exit.signal();
+                    watch.exit();
                     return;
                 }
             }
@@ -1126,7 +1143,7 @@ impl Task for Service {
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
         if self.s.containers.lock().expect("containers").is_empty() {
             tracing::info!(namespace = %self.s.namespace, "shutdown: no containers left");
-            self.s.exit.signal();
+            self.s.exit();
         }
         Ok(api::Empty::new())
     }
