@@ -4,6 +4,7 @@
 //! - [`desired`], [`netpol`], [`conditions`]: pure logic, spec to desired objects and status.
 //! - [`reconcile`], [`controller`]: the effects, against the API server.
 //! - [`metrics`], [`server`], [`leader`]: what the binary runs around the controller.
+//! - [`rbac`]: every API verb the operator uses, as the RBAC rules the chart grants.
 
 pub mod conditions;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod desired;
 pub mod leader;
 pub mod metrics;
 pub mod netpol;
+pub mod rbac;
 pub mod reconcile;
 pub mod server;
 
