@@ -216,7 +216,7 @@ fn find_line(text: &str, line: &str) -> Option<usize> {
     None
 }
 
-fn lookup<'a>(table: &'a toml::Table, v: ConfigVersion) -> Option<&'a toml::Table> {
+fn lookup(table: &toml::Table, v: ConfigVersion) -> Option<&toml::Table> {
     table
         .get("plugins")?
         .as_table()?
