@@ -25,11 +25,46 @@ pub enum NodeCommand {
     Status(StatusArgs),
 }
 
+/// Where on the host the installer works (absolute host paths).
 #[derive(Debug, Args)]
-pub struct CommonArgs {
+pub struct LayoutArgs {
     /// The host's root directory (`/host` in the chart's DaemonSet).
     #[arg(long, value_name = "DIR", default_value = "/")]
     host_root: PathBuf,
+    /// Directory the shim binary is copied to (on containerd's PATH).
+    #[arg(long, value_name = "DIR", default_value = node::SHIM_DIR)]
+    shim_dir: String,
+    /// The node's shim settings file (written, and named as the runtime's ConfigPath).
+    #[arg(long, value_name = "PATH", default_value = node::SHIM_TOML)]
+    shim_config_path: String,
+    /// Directory of the install record (node-install.json) and the backups.
+    #[arg(long, value_name = "DIR", default_value = node::STATE_DIR)]
+    state_dir: String,
+}
+
+impl LayoutArgs {
+    fn host(&self) -> Result<Host> {
+        for (flag, p) in [
+            ("--shim-dir", &self.shim_dir),
+            ("--shim-config-path", &self.shim_config_path),
+            ("--state-dir", &self.state_dir),
+        ] {
+            if !p.starts_with('/') {
+                bail!("{flag} {p}: must be absolute on the host");
+            }
+        }
+        let mut h = Host::new(&self.host_root);
+        h.shim_dir = self.shim_dir.clone();
+        h.shim_toml = self.shim_config_path.clone();
+        h.state_dir = self.state_dir.clone();
+        Ok(h)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    layout: LayoutArgs,
     /// Do not restart containerd (report that it needs one instead).
     #[arg(long)]
     no_restart: bool,
@@ -82,8 +117,8 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
-    #[arg(long, value_name = "DIR", default_value = "/")]
-    host_root: PathBuf,
+    #[command(flatten)]
+    layout: LayoutArgs,
     /// Exit 1 unless installed and every file is as the install wrote it (readiness probe).
     #[arg(long)]
     check: bool,
@@ -160,7 +195,7 @@ fn install(a: InstallArgs) -> Result<ExitCode> {
             a.containerd_config
         );
     }
-    let host = Host::new(&a.common.host_root);
+    let host = a.common.layout.host()?;
     let spec = InstallSpec {
         shim,
         containerd_config: a.containerd_config.clone(),
@@ -171,7 +206,7 @@ fn install(a: InstallArgs) -> Result<ExitCode> {
     let report = node::install(&host, &spec).with_context(|| {
         format!(
             "installing agentcell on the host at {}",
-            a.common.host_root.display()
+            a.common.layout.host_root.display()
         )
     })?;
     if a.common.json {
@@ -197,11 +232,11 @@ fn install(a: InstallArgs) -> Result<ExitCode> {
 }
 
 fn uninstall(a: CommonArgs) -> Result<ExitCode> {
-    let host = Host::new(&a.host_root);
+    let host = a.layout.host()?;
     let report = node::uninstall(&host, restart_mode(&a)).with_context(|| {
         format!(
             "uninstalling agentcell from the host at {}",
-            a.host_root.display()
+            a.layout.host_root.display()
         )
     })?;
     if a.json {
@@ -221,9 +256,13 @@ fn uninstall(a: CommonArgs) -> Result<ExitCode> {
 }
 
 fn status(a: StatusArgs) -> Result<ExitCode> {
-    let host = Host::new(&a.host_root);
-    let report = node::status(&host)
-        .with_context(|| format!("reading the install state at {}", a.host_root.display()))?;
+    let host = a.layout.host()?;
+    let report = node::status(&host).with_context(|| {
+        format!(
+            "reading the install state at {}",
+            a.layout.host_root.display()
+        )
+    })?;
     if a.json {
         print_json(&report)?;
     } else if !report.installed {

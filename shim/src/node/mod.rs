@@ -22,13 +22,13 @@ use tracing::{info, warn};
 pub use config::{ConfigVersion, NodeConfigError};
 
 /// Where the shim binary goes on the host (on containerd's `PATH` under systemd's default).
-pub const SHIM_DEST: &str = "/usr/local/bin/containerd-shim-agentcell-v2";
+pub const SHIM_DIR: &str = "/usr/local/bin";
+pub const SHIM_NAME: &str = "containerd-shim-agentcell-v2";
 /// The node's shim settings (the runtime's `ConfigPath`).
 pub const SHIM_TOML: &str = crate::containerd::config::DEFAULT_PATH;
-/// What the installer did, for `uninstall` and `status`.
-pub const STATE: &str = "/etc/agentcell/node-install.json";
-/// Byte copies of the files the installer replaced.
-pub const BACKUP_DIR: &str = "/etc/agentcell/backup";
+/// Holds `node-install.json` (what the installer did, for `uninstall` and `status`) and
+/// `backup/` (byte copies of the files it replaced).
+pub const STATE_DIR: &str = "/etc/agentcell";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -53,15 +53,37 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NodeError + '_ {
     }
 }
 
-/// The host's file system, seen from `root` (`/`, or `/host` in the DaemonSet).
+/// The host's file system, seen from `root` (`/`, or `/host` in the DaemonSet), and where on it
+/// the installer puts things (absolute host paths; the defaults suit a node, the e2e suite moves
+/// them into its own directory to leave the test machine alone).
 #[derive(Debug, Clone)]
 pub struct Host {
     pub root: PathBuf,
+    pub shim_dir: String,
+    pub shim_toml: String,
+    pub state_dir: String,
 }
 
 impl Host {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Host { root: root.into() }
+        Host {
+            root: root.into(),
+            shim_dir: SHIM_DIR.to_owned(),
+            shim_toml: SHIM_TOML.to_owned(),
+            state_dir: STATE_DIR.to_owned(),
+        }
+    }
+
+    fn shim_dest(&self) -> String {
+        format!("{}/{SHIM_NAME}", self.shim_dir.trim_end_matches('/'))
+    }
+
+    fn state_file(&self) -> String {
+        format!("{}/node-install.json", self.state_dir.trim_end_matches('/'))
+    }
+
+    fn backup_dir(&self) -> String {
+        format!("{}/backup", self.state_dir.trim_end_matches('/'))
     }
 
     /// The host path `abs` (absolute on the host) as seen from here.
@@ -187,14 +209,14 @@ fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, NodeError> {
 }
 
 fn load_state(host: &Host) -> Result<Option<State>, NodeError> {
-    let path = host.path(STATE);
+    let path = host.path(&host.state_file());
     let Some(bytes) = read_opt(&path)? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| NodeError::State {
-            path: STATE.to_owned(),
+            path: host.state_file(),
             message: e.to_string(),
         })
 }
@@ -270,9 +292,10 @@ impl Writer<'_> {
                 let backup = match current {
                     None => None,
                     Some(_) => {
-                        self.mkdirs(BACKUP_DIR)?;
+                        let backup_dir = self.host.backup_dir();
+                        self.mkdirs(&backup_dir)?;
                         let name = format!(
-                            "{BACKUP_DIR}/{}",
+                            "{backup_dir}/{}",
                             abs.trim_start_matches('/').replace('/', "__")
                         );
                         let to = self.host.path(&name);
@@ -316,9 +339,9 @@ fn write_atomic(path: &Path, content: &[u8], mode: u32) -> Result<(), NodeError>
 }
 
 fn save_state(host: &Host, state: &State) -> Result<(), NodeError> {
-    let path = host.path(STATE);
+    let path = host.path(&host.state_file());
     let mut text = serde_json::to_string_pretty(state).map_err(|e| NodeError::State {
-        path: STATE.to_owned(),
+        path: host.state_file(),
         message: e.to_string(),
     })?;
     text.push('\n');
@@ -352,12 +375,12 @@ pub fn install(host: &Host, spec: &InstallSpec) -> Result<InstallReport, NodeErr
                 .join(config::DROP_IN_NAME)
                 .to_string_lossy()
                 .into_owned();
-            ("drop-in", file, config::drop_in_text(v, SHIM_TOML))
+            ("drop-in", file, config::drop_in_text(v, &host.shim_toml))
         }
         None => (
             "inline",
             cfg_abs.to_owned(),
-            config::edit_inline(cfg_abs, &cfg_text, v, SHIM_TOML)?,
+            config::edit_inline(cfg_abs, &cfg_text, v, &host.shim_toml)?,
         ),
     };
 
@@ -367,9 +390,9 @@ pub fn install(host: &Host, spec: &InstallSpec) -> Result<InstallReport, NodeErr
         state: previous.clone().unwrap_or_default(),
         changes: Vec::new(),
     };
-    w.mkdirs("/etc/agentcell")?;
-    w.write(SHIM_DEST, &shim, 0o755)?;
-    w.write(SHIM_TOML, spec.shim_toml.as_bytes(), 0o644)?;
+    w.mkdirs(&host.state_dir)?;
+    w.write(&host.shim_dest(), &shim, 0o755)?;
+    w.write(&host.shim_toml, spec.shim_toml.as_bytes(), 0o644)?;
     let containerd_changed = w.write(&target, content.as_bytes(), 0o644)?;
     w.state.containerd_file = Some(target.clone());
     let changed = w.changes.iter().any(|c| c.action != "unchanged");
@@ -457,7 +480,7 @@ pub fn uninstall(host: &Host, restart_mode: RestartMode) -> Result<UninstallRepo
             action,
         });
     }
-    let state_path = host.path(STATE);
+    let state_path = host.path(&host.state_file());
     fs::remove_file(&state_path).map_err(io_err(&state_path))?;
     for dir in state.created_dirs.iter().rev() {
         let local = host.path(dir);
