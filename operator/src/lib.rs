@@ -4,6 +4,7 @@
 //! - [`desired`], [`netpol`], [`conditions`]: pure logic, spec to desired objects and status.
 //! - [`reconcile`], [`controller`]: the effects, against the API server.
 //! - [`metrics`], [`server`], [`leader`]: what the binary runs around the controller.
+//! - [`rbac`]: every API verb the operator uses, as the RBAC rules the chart grants.
 
 pub mod conditions;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod netpol;
 pub mod pool;
 pub mod pool_reconcile;
+pub mod rbac;
 pub mod reconcile;
 pub mod server;
 

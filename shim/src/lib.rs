@@ -5,5 +5,6 @@ pub mod cli;
 pub mod containerd;
 pub mod host;
 pub mod network;
+pub mod node;
 pub mod sandbox;
 pub mod wsl;

@@ -44,6 +44,10 @@ enum Command {
     ///
     /// Exit codes as for `exec`.
     Run(cli::run::RunArgs),
+    /// Install the containerd shim on this Kubernetes node, remove it, or report its state
+    /// (what the chart's node DaemonSet runs, with the host's root at /host).
+    #[command(subcommand)]
+    Node(cli::node::NodeCommand),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => code(cli::doctor::run(args)),
         Command::Exec(args) => code(cli::run::exec(args)),
         Command::Run(args) => code(cli::run::run(args)),
+        Command::Node(cmd) => cli::node::run(cmd),
     }
 }
 

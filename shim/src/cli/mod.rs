@@ -2,5 +2,6 @@
 
 pub mod doctor;
 pub mod explain;
+pub mod node;
 pub mod policy;
 pub mod run;
