@@ -279,3 +279,48 @@ fn a_terminal_works_for_the_init_and_for_exec() {
         "{out}"
     );
 }
+
+#[test]
+fn lifecycle_and_oom_events_reach_containerd() {
+    let c = Containerd::start("ctr-events");
+    let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    let mut events = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(&c.sock)
+        .args(["-n", &c.namespace, "events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // 32 MiB of memory, and a shell that wants 100 MB in a variable.
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--memory-limit",
+        "33554432",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(&policy()),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "oom1",
+        "/bin/sh",
+        "-c",
+        "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo SURVIVED",
+    ]);
+    assert!(!r.stdout.contains("SURVIVED"), "{r:?}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/oom",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(text.contains(topic), "{topic} missing from:\n{text}");
+    }
+}

@@ -9,6 +9,7 @@ pub mod annotations;
 pub mod config;
 pub mod confine;
 pub mod io;
+pub mod oom;
 pub mod reaper;
 pub mod service;
 pub mod stats;

@@ -781,6 +781,16 @@ impl Task for Service {
             }
         };
         tracing::info!(container = %req.id, pid, elapsed_us = t0.elapsed().as_micros() as u64, "created");
+        let events = self.s.events.lock().expect("events").clone();
+        let cid = req.id.clone();
+        if let Err(e) = super::oom::watch(pid, move || {
+            tracing::warn!(container = %cid, "out of memory: the kernel killed a process");
+            let mut x = ev::TaskOOM::new();
+            x.container_id = cid.clone();
+            let _ = events.send((topics::TASK_OOM_EVENT_TOPIC, Box::new(x)));
+        }) {
+            tracing::warn!(container = %req.id, error = %e, "OOM events unavailable");
+        }
         self.s
             .containers
             .lock()
