@@ -47,7 +47,7 @@ fn the_policy_holds_in_a_container_and_exit_codes_pass_through() {
         &policy(),
         "cat /etc/secret && echo READ-SECRET; cat /etc/passwd >/dev/null && echo READ-PASSWD; \
          echo x > /work/f && echo WROTE-WORK; echo y > /f 2>/dev/null || echo ROOT-READONLY; \
-         echo z > /tmp/t && echo WROTE-TMP; exit 7",
+         echo z > /tmp/t && echo WROTE-TMP; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; exit 7",
     );
     assert_eq!(r.code, 7, "{r:?}\n{}", c.log());
     assert!(!r.stdout.contains("READ-SECRET"), "{}", r.stdout);
@@ -55,6 +55,10 @@ fn the_policy_holds_in_a_container_and_exit_codes_pass_through() {
     assert!(r.stdout.contains("WROTE-WORK"), "{}", r.stdout);
     assert!(r.stdout.contains("ROOT-READONLY"), "{}", r.stdout);
     assert!(r.stdout.contains("WROTE-TMP"), "{}", r.stdout);
+    // The plan's seccomp filter is loaded (ctr gives the container none of its own) and no
+    // privilege can be gained.
+    assert!(r.stdout.contains("Seccomp:\t2"), "{}", r.stdout);
+    assert!(r.stdout.contains("NoNewPrivs:\t1"), "{}", r.stdout);
     // The write reached the real directory.
     assert_eq!(
         std::fs::read_to_string(c.dir.join("rootfs-fs1/work/f")).unwrap(),
@@ -129,12 +133,17 @@ fn exec_ps_metrics_and_kill_behave_and_exec_is_confined() {
         "ex1",
         "/bin/sh",
         "-c",
-        "cat /etc/secret && echo READ-SECRET; echo e > /work/e && echo WROTE; echo n > /n 2>/dev/null || echo RO; exit 3",
+        "cat /etc/secret && echo READ-SECRET; echo e > /work/e && echo WROTE; echo n > /n 2>/dev/null || echo RO; grep '^Seccomp:' /proc/self/status; exit 3",
     ]);
     assert_eq!(r.code, 3, "{r:?}");
     assert!(
         !r.stdout.contains("READ-SECRET") && r.stdout.contains("WROTE") && r.stdout.contains("RO"),
         "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("Seccomp:\t2"),
+        "exec runs without the plan's filter: {}",
         r.stdout
     );
     let r = c.ctr_input(
