@@ -276,3 +276,17 @@ fn explain_pod_shows_the_shim_s_view_and_ignores_the_command() {
     );
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// The README's main command is `cargo run -p agentcell -- run …`: with the shim as a second
+/// binary of this package, cargo needs to be told which one runs.
+#[test]
+fn cargo_run_picks_the_cli() {
+    let manifest: toml::Table = toml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        manifest["package"]["default-run"].as_str(),
+        Some("agentcell")
+    );
+}
