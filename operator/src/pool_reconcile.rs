@@ -82,13 +82,7 @@ pub async fn reconcile_pool(
 
 pub fn pool_error_policy(pool: Arc<AgentSandboxPool>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(pool = %pool.name_any(), namespace = ?pool.namespace(), error = %err, "pool reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::ErrorLabels {
-            reason: err.kind().into(),
-        })
-        .inc();
-    Action::requeue(Duration::from_secs(15))
+    crate::reconcile::count_error_and_retry(err, &ctx)
 }
 
 struct Pool;
@@ -295,13 +289,7 @@ pub async fn reconcile_claim(
 
 pub fn claim_error_policy(claim: Arc<AgentSandboxClaim>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(claim = %claim.name_any(), namespace = ?claim.namespace(), error = %err, "claim reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::metrics::ErrorLabels {
-            reason: err.kind().into(),
-        })
-        .inc();
-    Action::requeue(Duration::from_secs(15))
+    crate::reconcile::count_error_and_retry(err, &ctx)
 }
 
 struct Claim<'a> {

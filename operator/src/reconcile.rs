@@ -136,6 +136,12 @@ pub async fn reconcile(asb: Arc<AgentSandbox>, ctx: Arc<Context>) -> Result<Acti
 
 pub fn error_policy(asb: Arc<AgentSandbox>, err: &Error, ctx: Arc<Context>) -> Action {
     warn!(sandbox = %asb.name_any(), namespace = ?asb.namespace(), error = %err, "reconcile failed");
+    count_error_and_retry(err, &ctx)
+}
+
+/// What every controller's error policy does after logging: count the error by kind, retry in
+/// 15 s.
+pub(crate) fn count_error_and_retry(err: &Error, ctx: &Context) -> Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&crate::metrics::ErrorLabels {
