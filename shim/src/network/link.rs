@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::rtnl::{self, Rtnl};
+
 /// Sandbox links are numbered /30s of this block (RFC 2544 benchmarking space, never routed).
 const LINK_BLOCK: [u8; 2] = [198, 19];
 /// The host-wide tables that masquerade sandbox traffic leaving the host.
@@ -58,15 +60,33 @@ pub struct Uplink {
 
 impl SandboxNet {
     pub fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
+        netns_path(&self.name)
     }
 
     /// Creates the namespace `id`; with `uplink`, a veth pair to the host, addresses (IPv4, and
     /// IPv6 when the host has it), default routes and masquerading of its traffic.
     pub fn create(id: &str, uplink: bool) -> Result<Self, LinkError> {
-        new_netns(id)?;
-        let mut net = Self {
-            name: id.to_string(),
+        Self::start(id)?.finish(uplink)
+    }
+
+    /// [`Self::create`] in two halves: the namespace is made on another thread meanwhile (the
+    /// runner prepares the view and the spec). Dropping the [`PendingNet`] unfinished destroys
+    /// what was made.
+    pub fn start(id: &str) -> Result<PendingNet, LinkError> {
+        Ok(PendingNet(start_netns(id)?))
+    }
+}
+
+/// A sandbox network namespace being made (see [`SandboxNet::start`]).
+pub struct PendingNet(NetnsThread);
+
+impl PendingNet {
+    /// Waits for the namespace, then gives it its uplink when asked.
+    pub fn finish(self, uplink: bool) -> Result<SandboxNet, LinkError> {
+        let id = self.0.name.clone();
+        self.0.finish()?;
+        let mut net = SandboxNet {
+            name: id,
             uplink: None,
             proxy_forward: false,
         };
@@ -76,7 +96,9 @@ impl SandboxNet {
         }
         Ok(net)
     }
+}
 
+impl SandboxNet {
     fn configure(&mut self, uplink: bool) -> Result<(), LinkError> {
         if !uplink {
             return Ok(());
@@ -97,21 +119,44 @@ impl SandboxNet {
             sandbox_ip,
             v6,
         });
-        // Two `ip -batch` runs (host side, sandbox side) instead of one process per step.
-        let mut host = format!(
-            "link add {host_if} type veth peer name eth0 netns {ns}\naddr add {host_ip}/30 dev {host_if}\nlink set {host_if} up\n"
-        );
-        let mut inside = format!(
-            "addr add {sandbox_ip}/30 dev eth0\nlink set eth0 up\nroute add default via {host_ip}\n"
-        );
-        if let Some((h6, s6)) = v6 {
-            host.push_str(&format!("addr add {h6}/64 dev {host_if} nodad\n"));
-            inside.push_str(&format!(
-                "addr add {s6}/64 dev eth0 nodad\nroute add default via {h6}\n"
-            ));
+        // Over rtnetlink in process: two sockets, the host's and one opened inside the sandbox's
+        // namespace (spawning `ip` cost about 3 ms a process).
+        let rt_err = |e: rtnl::RtnlError| LinkError::Command {
+            cmd: "rtnetlink".into(),
+            message: e.to_string(),
+        };
+        let ns_file = std::fs::File::open(self.path()).map_err(|e| LinkError::Command {
+            cmd: format!("open {}", self.path().display()),
+            message: e.to_string(),
+        })?;
+        let mut host = Rtnl::open().map_err(rt_err)?;
+        host.add_veth(&host_if, "eth0", std::os::fd::AsRawFd::as_raw_fd(&ns_file))
+            .map_err(rt_err)?;
+        let host_index = host.link_index(&host_if).map_err(rt_err)?;
+        host.add_addr(host_index, IpAddr::V4(host_ip), 30, false)
+            .map_err(rt_err)?;
+        if let Some((h6, _)) = v6 {
+            host.add_addr(host_index, IpAddr::V6(h6), 64, true)
+                .map_err(rt_err)?;
         }
-        batch(&[], &host)?;
-        batch(&["-n", &ns], &inside)?;
+        host.set_up(host_index).map_err(rt_err)?;
+        let mut inside = Rtnl::open_in(&self.path()).map_err(rt_err)?;
+        let index = inside.link_index("eth0").map_err(rt_err)?;
+        inside
+            .add_addr(index, IpAddr::V4(sandbox_ip), 30, false)
+            .map_err(rt_err)?;
+        if let Some((_, s6)) = v6 {
+            inside
+                .add_addr(index, IpAddr::V6(s6), 64, true)
+                .map_err(rt_err)?;
+        }
+        inside.set_up(index).map_err(rt_err)?;
+        inside
+            .add_default_route(IpAddr::V4(host_ip))
+            .map_err(rt_err)?;
+        if let Some((h6, _)) = v6 {
+            inside.add_default_route(IpAddr::V6(h6)).map_err(rt_err)?;
+        }
         enable_forwarding_and_nat(v6.is_some())
     }
 
@@ -166,7 +211,7 @@ impl SandboxNet {
         // The namespace is freed asynchronously by the kernel, and its veth end with it; delete
         // the pair now so nothing of the sandbox outlives the run.
         if let Some(up) = &self.uplink
-            && let Err(e) = run("ip", &["link", "del", &up.host_if])
+            && let Err(e) = Rtnl::open().and_then(|mut r| r.del_link(&up.host_if))
         {
             tracing::warn!(error = %e, link = %up.host_if, "removing the sandbox link");
         }
@@ -182,53 +227,56 @@ impl Drop for SandboxNet {
     }
 }
 
-/// `ip [OPTS] -batch -` with `commands`, one per line.
-fn batch(opts: &[&str], commands: &str) -> Result<(), LinkError> {
-    use std::io::Write as _;
-    let mut args: Vec<&str> = opts.to_vec();
-    args.extend(["-batch", "-"]);
-    let mut child = Command::new("ip")
-        .args(&args)
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| LinkError::Command {
-            cmd: format!("ip {}", args.join(" ")),
-            message: e.to_string(),
-        })?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(commands.as_bytes())
-        .map_err(|e| LinkError::Command {
-            cmd: "ip -batch".into(),
-            message: e.to_string(),
-        })?;
-    let out = child.wait_with_output().map_err(|e| LinkError::Command {
-        cmd: "ip -batch".into(),
-        message: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(LinkError::Command {
-            cmd: format!("ip {} <<< {commands:?}", args.join(" ")),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+/// A named network namespace, as `ip netns add` makes it (a bind mount of the namespace at
+/// /run/netns/NAME), with its loopback up. Done on a short-lived thread (network namespaces are
+/// per thread), without spawning a process.
+/// Where the network namespace `name` is (or will be) bound, as `ip netns` does.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
+/// A network namespace being made on its own thread (see [`SandboxNet::start`]).
+struct NetnsThread {
+    name: String,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl NetnsThread {
+    fn finish(mut self) -> Result<(), LinkError> {
+        let err = |m: String| LinkError::Command {
+            cmd: format!("creating network namespace {}", self.name),
+            message: m,
+        };
+        let thread = self.thread.take().ok_or(err("already finished".into()))?;
+        let made = thread
+            .join()
+            .map_err(|_| err("the namespace thread panicked".into()))?;
+        made.map_err(|e| {
+            let _ = std::fs::remove_file(netns_path(&self.name));
+            err(e.to_string())
         })
     }
 }
 
-/// A named network namespace, as `ip netns add` makes it (a bind mount of the namespace at
-/// /run/netns/NAME), with its loopback up. Done on a short-lived thread (network namespaces are
-/// per thread), without spawning a process.
-fn new_netns(name: &str) -> Result<(), LinkError> {
+impl Drop for NetnsThread {
+    fn drop(&mut self) {
+        // Never finished (the run failed first): wait for the thread, then undo what it made.
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+            let _ = delete_netns(&self.name);
+        }
+    }
+}
+
+/// Starts making the network namespace `name` (bound at [`netns_path`]) on a thread of its own:
+/// unsharing moves only the calling thread, and the caller's must stay where it is.
+fn start_netns(name: &str) -> Result<NetnsThread, LinkError> {
     let err = |m: String| LinkError::Command {
         cmd: format!("creating network namespace {name}"),
         message: m,
     };
     std::fs::create_dir_all("/run/netns").map_err(|e| err(e.to_string()))?;
-    let path = Path::new("/run/netns").join(name);
+    let path = netns_path(name);
     std::fs::File::create(&path).map_err(|e| err(e.to_string()))?;
     let target = std::ffi::CString::new(path.to_string_lossy().as_bytes())
         .map_err(|e| err(e.to_string()))?;
@@ -278,12 +326,10 @@ fn new_netns(name: &str) -> Result<(), LinkError> {
             }
             Ok(())
         }
-    })
-    .join()
-    .map_err(|_| err("the namespace thread panicked".into()))?;
-    made.map_err(|e| {
-        let _ = std::fs::remove_file(&path);
-        err(e.to_string())
+    });
+    Ok(NetnsThread {
+        name: name.to_string(),
+        thread: Some(made),
     })
 }
 
@@ -360,7 +406,7 @@ fn in_netns(netns: &Path, files: &[&str]) -> Result<(), LinkError> {
 /// `delete` after the shim died). Missing parts are not an error.
 pub fn remove(name: &str) {
     let _ = run("nft", &["delete", "table", "ip", &host_table(name)]);
-    let _ = run("ip", &["link", "del", &host_ifname(name)]);
+    let _ = Rtnl::open().and_then(|mut r| r.del_link(&host_ifname(name)));
     let _ = delete_netns(name);
 }
 
@@ -375,13 +421,13 @@ fn host_ifname(id: &str) -> String {
 
 /// A /30 of 198.19.128.0/17 no host interface uses yet, and its index (which numbers the /64).
 fn free_subnet() -> Result<(usize, Ipv4Addr, Ipv4Addr), LinkError> {
-    let used = run("ip", &["-4", "-o", "addr", "show"])?;
-    let start = (std::process::id() as usize * 7919 + used.len()) % 8192;
+    let used = local_addresses()?;
+    let start = (std::process::id() as usize * 7919 + used.len() * 31) % 8192;
     for k in 0..8192 {
         let n = (start + k) % 8192;
         let (c, d) = (128 + (n / 64) as u8, ((n % 64) * 4) as u8);
         let host = Ipv4Addr::new(LINK_BLOCK[0], LINK_BLOCK[1], c, d + 1);
-        if !used.contains(&format!(" {host}/")) {
+        if !used.contains(&IpAddr::V4(host)) {
             return Ok((
                 n,
                 host,
@@ -455,23 +501,24 @@ fn enable_forwarding_and_nat(v6: bool) -> Result<(), LinkError> {
 /// they cannot be listed: the fence closes the host by these addresses, so guessing is not an
 /// option.
 pub fn host_addresses() -> Result<Vec<IpAddr>, LinkError> {
-    let out = run("ip", &["-j", "addr", "show"])?;
-    let bad = |m: String| LinkError::Command {
-        cmd: "ip -j addr show".into(),
-        message: m,
-    };
-    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| bad(e.to_string()))?;
-    let addrs: Vec<IpAddr> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|i| i["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
-        .collect();
+    let addrs = local_addresses()?;
     if addrs.is_empty() {
-        return Err(bad("the host has no addresses to close".into()));
+        return Err(LinkError::Command {
+            cmd: "listing the host's addresses".into(),
+            message: "the host has no addresses to close".into(),
+        });
     }
     Ok(addrs)
+}
+
+/// Every address of the calling thread's network namespace, over rtnetlink.
+fn local_addresses() -> Result<Vec<IpAddr>, LinkError> {
+    Rtnl::open()
+        .and_then(|mut r| r.addresses())
+        .map_err(|e| LinkError::Command {
+            cmd: "listing the host's addresses".into(),
+            message: e.to_string(),
+        })
 }
 
 /// Network namespaces of runners that died.

@@ -1,7 +1,10 @@
 //! Where egress and ingress are enforced: the sandbox's network namespace (`link`), its nftables
-//! ruleset (`nft`) installing it (`fence`), and programming a namespace with a plan (`program`).
+//! ruleset (`nft`) installing it (`fence`), and programming a namespace with a plan (`program`);
+//! links, addresses and routes are set over rtnetlink (`rtnl`).
 
 pub mod fence;
+pub mod forward;
 pub mod link;
 pub mod nft;
 pub mod program;
+mod rtnl;

@@ -31,6 +31,12 @@ pub enum Attachment<'a> {
     Uplink(&'a mut SandboxNet),
     /// A namespace someone else connected (a pod's, made by CNI).
     Existing,
+    /// The runner's namespace and uplink with a micro-VM behind the tap `.1` on the guest /30
+    /// `.2`: the fence judges forwarded traffic ([`super::forward`]).
+    Vm(&'a mut SandboxNet, &'a str, ipnet::Ipv4Net),
+    /// A pod's namespace (made by CNI) whose containers run in micro-VMs behind taps matching
+    /// the pattern (`actap*`), guests in the given network: as `Vm`, for every tap.
+    PodVm(&'a str, ipnet::Ipv4Net),
 }
 
 /// Installs the fence of `plan` in the namespace at `netns`; `id` names the drops in the log.
@@ -45,7 +51,13 @@ pub fn program(
         id: id.to_string(),
         ..Default::default()
     };
+    let (attachment, vm) = match attachment {
+        Attachment::Vm(net, tap, guest) => (Attachment::Uplink(net), Some((tap, guest))),
+        Attachment::PodVm(taps, guests) => (Attachment::Existing, Some((taps, guests))),
+        a => (a, None),
+    };
     match attachment {
+        Attachment::Vm(..) | Attachment::PodVm(..) => unreachable!("mapped above"),
         Attachment::Uplink(net) => {
             if let Some(up) = net.uplink.clone() {
                 rt.host_addresses.push(IpAddr::V4(up.host_ip));
@@ -95,7 +107,12 @@ pub fn program(
     if !unresolved.is_empty() {
         return Err(ProgramError::Unresolved(unresolved.join(", ")));
     }
-    fence::install(netns, &nft::ruleset(plan, &rt))?;
+    let rules = nft::ruleset(plan, &rt);
+    let rules = match vm {
+        Some((tap, guest)) => super::forward::vm_ruleset(rules, tap, guest),
+        None => rules,
+    };
+    fence::install(netns, &rules)?;
     Ok(())
 }
 
