@@ -1,6 +1,7 @@
 //! Test hosts: network namespaces the test creates (198.18.K.0/24 and fd00:18:K::/64 behind a
-//! veth from the host), serving TCP banners. Reachability is proven by our own banner, never by
-//! a bare connect; no test traffic goes anywhere else.
+//! veth from the host), serving banners over TCP and UDP (a datagram answered with the banner).
+//! Reachability is proven by our own banner, never by a bare connect; no test traffic goes
+//! anywhere else.
 
 use std::process::{Child, Command};
 
@@ -12,15 +13,26 @@ def serve(port):
     s.bind(("::", port)); s.listen(16)
     while True:
         c, _ = s.accept(); c.sendall(f"BANNER-{port}\n".encode()); c.close()
+# UDP: one socket per address, so each answer comes from the address that was asked (a firewall
+# tracking the flow drops an answer from another one).
+import re, subprocess
+addrs = re.findall(r"inet6? ([0-9a-f.:]+)/", subprocess.run(["ip", "-o", "addr", "show", "dev", "eth0", "scope", "global"], capture_output=True, text=True).stdout)
+def serve_udp(addr, port):
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    while True:
+        _, peer = s.recvfrom(512); s.sendto(f"BANNER-{port}\n".encode(), peer)
 for p in sys.argv[1:]:
     threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+    for a in addrs:
+        threading.Thread(target=serve_udp, args=(a, int(p)), daemon=True).start()
 open("/dev/stdout", "w").write("ready\n")
 threading.Event().wait()
 "#;
 
 /// A test host: a namespace with a veth to the host (198.18.K.1 and fd00:18:K::1 host side; .2,
 /// .3, ::2 and ::3 inside; fd00:18::/32 stays clear of this machine's own fd00::/64), serving
-/// banners on the given ports over both families.
+/// banners on the given ports over both families, TCP and UDP.
 pub struct TestHost {
     pub ns: String,
     link: String,
