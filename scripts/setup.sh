@@ -12,9 +12,11 @@ SUDO=""
 # nftables and iproute2 install and check the network fence in namespaces the tests create);
 # bubblewrap, runc and crun are the baselines of benches/exec.sh; containerd (1.6) with the
 # bridge CNI (containernetworking-plugins, iptables for its masquerade) runs the shim's e2e suite;
-# protobuf-compiler builds the CRI client of that suite; python3 serves the test hosts' banners.
+# protobuf-compiler builds the CRI client of that suite; python3 serves the test hosts' banners;
+# qemu-system-x86 runs the micro-VM tier (cpio checks its initramfs, xz unpacks its kernel).
 PKGS=(build-essential pkg-config libseccomp-dev busybox-static nftables iproute2 bubblewrap runc crun
-  containerd containernetworking-plugins iptables protobuf-compiler python3)
+  containerd containernetworking-plugins iptables protobuf-compiler python3
+  qemu-system-x86 cpio xz-utils)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -77,4 +79,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup show active-toolchain >/dev/null
+# The micro-VM guest agent is a static musl binary.
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
+  rustup target add x86_64-unknown-linux-musl
 echo "setup: ok"

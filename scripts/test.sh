@@ -8,6 +8,14 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== micro-VM assets (guest agent, guest kernel)"
+# shim/tests/microvm.rs boots real VMs: the static guest agent and Debian's kernel (one download,
+# skipped when the same package is installed) go to AGENTCELL_VM_DIR before the tests run.
+export AGENTCELL_VM_DIR="${AGENTCELL_VM_DIR:-/var/lib/agentcell/vm}"
+cargo build --release --locked -p agentcell-guest --target x86_64-unknown-linux-musl
+cargo build --locked -p agentcell --bin agentcell
+target/debug/agentcell vm install-kernel
+target/debug/agentcell vm install-agent target/x86_64-unknown-linux-musl/release/agentcell-guest
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
