@@ -26,9 +26,15 @@ mkdir -p "$work/bundle/rootfs"
 "$AC" run --print-spec --policy "$POLICY" -- /bin/true > "$work/spec.json"
 python3 - "$work/spec.json" "$work/bundle/config.json" <<'PY'
 import json, sys
+import os
 spec = json.load(open(sys.argv[1]))
 spec["linux"].pop("cgroupsPath", None)   # each runtime names its own cgroup per container
 json.dump(spec, open(sys.argv[2], "w"), indent=1)
+# The root's symlinks agentcell makes instead of binds (/bin -> /usr/bin on usr-merged hosts).
+links = json.loads(spec.get("annotations", {}).get("org.agentcell.root.symlinks", "{}"))
+rootfs = os.path.join(os.path.dirname(sys.argv[2]), "rootfs")
+for link, target in links.items():
+    os.symlink(target, os.path.join(rootfs, link.lstrip("/")))
 PY
 
 bwrap_args=(--unshare-all --die-with-parent --new-session --clearenv --setenv PATH /usr/bin:/bin)

@@ -7,4 +7,5 @@ pub mod host;
 pub mod network;
 pub mod node;
 pub mod sandbox;
+pub mod vm;
 pub mod wsl;

@@ -48,6 +48,9 @@ enum Command {
     /// (what the chart's node DaemonSet runs, with the host's root at /host).
     #[command(subcommand)]
     Node(cli::node::NodeCommand),
+    /// Install the micro-VM tier's guest kernel and agent (`run --isolation microvm`).
+    #[command(subcommand)]
+    Vm(cli::vm::VmCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Exec(args) => code(cli::run::exec(args)),
         Command::Run(args) => code(cli::run::run(args)),
         Command::Node(cmd) => cli::node::run(cmd),
+        Command::Vm(cmd) => cli::vm::run(cmd),
     }
 }
 

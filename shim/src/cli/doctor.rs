@@ -80,6 +80,7 @@ pub fn run(args: DoctorArgs) -> i32 {
         "kvm": kvm,
         "wsl": wsl.as_ref().map(|w| wsl_json(w, &h)),
         "gpu": h.gpu,
+        "microvm": crate::vm::status::report(None),
         "presets": preset_rows.iter().map(|(n, v)| json!({"name": n, "verdict": v})).collect::<Vec<_>>(),
     });
     if args.json {
@@ -151,6 +152,9 @@ pub fn run(args: DoctorArgs) -> i32 {
             ),
         }
     );
+    for (k, v) in crate::vm::status::lines(&report["microvm"]) {
+        println!("{k:24} {v}");
+    }
     println!("\npresets on this host:");
     for (name, v) in &preset_rows {
         let state = if v["runs"].as_bool() == Some(true) {

@@ -5,3 +5,4 @@ pub mod explain;
 pub mod node;
 pub mod policy;
 pub mod run;
+pub mod vm;

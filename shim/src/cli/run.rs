@@ -68,9 +68,22 @@ pub struct CommonArgs {
     /// comparisons with other runtimes (benches/exec.sh) and debugging.
     #[arg(long)]
     pub print_spec: bool,
+    /// Isolation tier: `container` (namespaces on this kernel) or `microvm` (a qemu micro-VM
+    /// with its own kernel; see `agentcell vm install-kernel`).
+    #[arg(long, value_enum, default_value = "container")]
+    pub isolation: Isolation,
+    /// The micro-VM tier's asset directory (default AGENTCELL_VM_DIR, else /var/lib/agentcell/vm).
+    #[arg(long, value_name = "DIR")]
+    pub vm_dir: Option<PathBuf>,
     /// Where sandbox state lives.
     #[arg(long, value_name = "DIR", default_value = "/run/agentcell")]
     pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Isolation {
+    Container,
+    Microvm,
 }
 
 pub fn exec(args: ExecArgs) -> i32 {
@@ -189,6 +202,9 @@ fn go(plan: &Plan, args: Vec<String>, common: &CommonArgs) -> i32 {
         gid: unsafe { libc::getgid() },
         audit: common.audit.clone(),
     };
+    if common.isolation == Isolation::Microvm && !common.print_spec {
+        return microvm(&req, common);
+    }
     if common.print_spec {
         let spec = runner::spec_only(&req, std::path::Path::new("rootfs"));
         return match spec {
@@ -225,6 +241,49 @@ fn go(plan: &Plan, args: Vec<String>, common: &CommonArgs) -> i32 {
             &[Refusal {
                 field: step_field(&e),
                 message: e.to_string(),
+            }],
+            common.json,
+        ),
+    }
+}
+
+fn microvm(req: &RunRequest, common: &CommonArgs) -> i32 {
+    if common.audit.is_some() || common.gpu {
+        let field = if common.gpu { "--gpu" } else { "--audit" };
+        return reject(
+            &[Refusal {
+                field: field.into(),
+                message: "not available with --isolation microvm".into(),
+            }],
+            common.json,
+        );
+    }
+    let r = crate::vm::run::MicroVmRun {
+        plan: req.plan,
+        args: req.args.clone(),
+        id: req.id.clone(),
+        uid: req.uid,
+        gid: req.gid,
+        vm_dir: common.vm_dir.clone(),
+        state_root: req.state_root.clone(),
+    };
+    match crate::vm::run::run(&r) {
+        Ok((outcome, reports)) => {
+            for r in reports {
+                tracing::info!("{r}");
+            }
+            if outcome == runner::Outcome::TimedOut {
+                eprintln!(
+                    "agentcell: timed out after {} ms",
+                    req.plan.process.timeout_ms.unwrap_or(0)
+                );
+            }
+            outcome.exit_code()
+        }
+        Err(e) => reject(
+            &[Refusal {
+                field: e.field,
+                message: e.message,
             }],
             common.json,
         ),

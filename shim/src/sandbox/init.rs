@@ -47,13 +47,48 @@ pub fn run_as_init(exec: impl FnOnce() -> Result<(), ExecutorError>) -> Result<(
                 let _ = unsafe { sigaction(sig, &action) };
             }
             // This process only waits from now on: the runner's text it was forked with need
-            // not stay resident.
-            super::memory::trim_text();
+            // not stay resident. Not for a workload that ends within a second (a command run by
+            // an agent, usually): there trimming is CPU spent on a process about to exit.
+            if !exits_within(child, TRIM_AFTER_MS) {
+                super::memory::trim_text();
+            }
             let code = reap(child);
             // SAFETY: exit without unwinding: this is the sandbox's PID 1.
             unsafe { libc::_exit(code) }
         }
     }
+}
+
+/// How long the workload runs before its PID 1 trims its resident text.
+const TRIM_AFTER_MS: i32 = 1000;
+
+/// Whether `child` ends within `ms` milliseconds (it is not reaped here). Signals forwarded in the
+/// meantime interrupt the wait, which resumes with what is left.
+fn exits_within(child: Pid, ms: i32) -> bool {
+    // SAFETY: pidfd_open on our own child; the fd is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) } as i32;
+    if fd < 0 {
+        return false;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
+    let ended = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        match unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) } {
+            n if n > 0 => break true,
+            0 => break false,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => break false,
+        }
+    };
+    // SAFETY: the pidfd opened above.
+    unsafe { libc::close(fd) };
+    ended
 }
 
 fn reap(child: Pid) -> i32 {

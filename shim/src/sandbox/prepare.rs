@@ -39,6 +39,11 @@ pub struct Prepared {
     pub reports: Vec<String>,
     /// Landlock rules (path inside the sandbox, read-write?) for what is really mounted.
     pub landlock_paths: Vec<(PathBuf, bool)>,
+    /// Baseline entries that are, on this host, symlinks to another baseline entry (`/bin` ->
+    /// `/usr/bin` on usr-merged systems): (link, target), both sandbox paths. The view gets the
+    /// same symlink in its root instead of a second bind mount of the same tree, which costs
+    /// a mount per entry at start and shows exactly the same objects.
+    pub baseline_links: Vec<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +168,9 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
     let mut out = Prepared::default();
     let has_denied = view.entries.iter().any(|e| e.access == Access::Denied);
     let root = Root::of(view);
+    if let Root::Host = root {
+        out.baseline_links = baseline_links(&view.baseline);
+    }
 
     let mut resolved: Vec<Resolved> = Vec::new();
     for e in &view.entries {
@@ -357,6 +365,22 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
     Ok(out)
 }
 
+/// Baseline entries that are symlinks whose target, fully resolved, is itself a baseline entry
+/// that is a real directory (so it is bound, and the link resolves to it inside the view too).
+fn baseline_links(baseline: &[String]) -> Vec<(PathBuf, PathBuf)> {
+    let is_real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    baseline
+        .iter()
+        .map(Path::new)
+        .filter(|b| std::fs::symlink_metadata(b).is_ok_and(|m| m.file_type().is_symlink()))
+        .filter_map(|b| {
+            let target = std::fs::canonicalize(b).ok()?;
+            (target != b && baseline.iter().any(|o| Path::new(o) == target) && is_real_dir(&target))
+                .then(|| (b.to_path_buf(), target))
+        })
+        .collect()
+}
+
 /// Whether the deepest policy entry above `path` grants read-write on a host directory.
 fn host_writable(view: &FsView, path: &str) -> bool {
     view.entries
@@ -392,4 +416,30 @@ fn scan_hard_links(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/bin -> usr/bin` becomes a link of the view; a link to something outside the baseline, a
+    /// dangling one and a real directory do not.
+    #[test]
+    fn only_links_into_the_bound_baseline_become_links_of_the_view() {
+        let dir = std::env::temp_dir().join(format!("ac-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(dir.join("opt")).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
+        std::os::unix::fs::symlink("usr/bin", dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink("opt", dir.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("nowhere", dir.join("lib")).unwrap();
+        let p = |s: &str| dir.join(s).display().to_string();
+        let baseline = [p("bin"), p("sbin"), p("lib"), p("usr/bin")];
+        assert_eq!(
+            baseline_links(&baseline),
+            vec![(dir.join("bin"), dir.join("usr/bin"))]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -93,6 +93,11 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     for gone in sweep(&req.state_root) {
         tracing::info!(path = %gone, "removed what a dead runner left behind");
     }
+    // The network namespace (the costliest namespace for the kernel to make) needs nothing from
+    // the view: the thread that must make it anyway (unsharing moves only the calling thread)
+    // does so while this one prepares the view and the spec. Dropped unfinished (a run that
+    // fails before), it destroys what it made.
+    let pending = SandboxNet::start(&req.id).map_err(|e| RunError::Network(e.to_string()))?;
     let mut prepared = prepare::prepare(&plan.filesystem)?;
     let cwd = working_directory(plan, &mut prepared)?;
     let owned;
@@ -106,31 +111,29 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     };
     let plan = req.plan;
     let dir = req.state_root.join(&req.id);
-    let rootfs = dir.join("rootfs");
     let bundle = dir.join("bundle");
-    for d in [&rootfs, &bundle] {
-        std::fs::create_dir_all(d).map_err(|source| RunError::Io {
-            step: format!("creating {}", d.display()),
-            source,
-        })?;
-    }
+    std::fs::create_dir_all(&bundle).map_err(|source| RunError::Io {
+        step: format!("creating {}", bundle.display()),
+        source,
+    })?;
     let _cleanup = RemoveOnDrop(dir.clone());
-    // An image is the root itself (read-only); otherwise an empty directory the baseline is bound
-    // into.
-    let root_dir = match &plan.filesystem.root {
-        agentcell_policy::plan::RootSource::Rootfs { path } => PathBuf::from(path),
-        agentcell_policy::plan::RootSource::HostBaseline => rootfs.clone(),
+    // An image is the root itself (read-only); otherwise a directory the baseline is bound into,
+    // set once the spec's mount points are known (`skeleton`).
+    let image_root = match &plan.filesystem.root {
+        agentcell_policy::plan::RootSource::Rootfs { path } => Some(PathBuf::from(path)),
+        agentcell_policy::plan::RootSource::HostBaseline => None,
     };
-    // The sandbox's own network namespace, its link and its fence, before anything runs in it.
-    let mut net = SandboxNet::create(&req.id, plan.network.needs_uplink)
-        .map_err(|e| RunError::Network(e.to_string()))?;
-    if let Some(up) = net.uplink.clone() {
-        tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
-        let path = net.path();
-        program::program(&path, &plan.network, &req.id, Attachment::Uplink(&mut net))
-            .map_err(|e| RunError::Network(e.to_string()))?;
+    let root_dir = image_root.clone().unwrap_or_else(|| dir.join("rootfs"));
+    let mut spec = oci_spec(req, &prepared, &root_dir, Some(link::netns_path(&req.id)))?;
+    // Held until the sandbox is gone: a skeleton in use is never pruned.
+    let mut _root_lock = None;
+    if image_root.is_none() {
+        let (skel, lock) = skeleton(&req.state_root, &req.id, &spec, &prepared.baseline_links)?;
+        _root_lock = Some(lock);
+        if let Some(root) = spec.root_mut() {
+            root.set_path(skel);
+        }
     }
-    let spec = oci_spec(req, &prepared, &root_dir, Some(net.path()))?;
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(&spec)?,
@@ -139,6 +142,16 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         step: "writing config.json".into(),
         source,
     })?;
+    // The sandbox's own network namespace, its link and its fence, before anything runs in it.
+    let mut net = pending
+        .finish(plan.network.needs_uplink)
+        .map_err(|e| RunError::Network(e.to_string()))?;
+    if let Some(up) = net.uplink.clone() {
+        tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
+        let path = net.path();
+        program::program(&path, &plan.network, &req.id, Attachment::Uplink(&mut net))
+            .map_err(|e| RunError::Network(e.to_string()))?;
+    }
 
     let mut rules = landlock_rules(plan, &prepared);
     let mut notices = Vec::new();
@@ -211,7 +224,13 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     })();
     let init_pid = container.pid().map(|p| p.as_raw());
     tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "workload ended");
-    if let Err(e) = container.delete(true) {
+    // The workload's init has been reaped, so its PID namespace is empty: all that is left is
+    // the cgroup (and the state directory, removed with `dir`). libcontainer's `delete` would
+    // first rebuild its cgroup manager (on cgroup v1 one mountinfo parse per controller, ~3 ms);
+    // removing the known directories is the same result. Anything unusual (a start that failed,
+    // systemd's driver, a cgroup that will not go) takes libcontainer's path.
+    let removed = outcome.is_ok() && !systemd_driver() && remove_cgroups(&req.id).is_ok();
+    if !removed && let Err(e) = container.delete(true) {
         tracing::warn!(error = %e, id = %req.id, "deleting the container");
     }
     tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "container deleted");
@@ -261,6 +280,7 @@ pub fn sweep(state_root: &Path) -> Vec<String> {
             }
         }
     }
+    removed.extend(prune_roots(state_root));
     removed.extend(link::sweep(runner_alive));
     let roots = std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
@@ -281,6 +301,178 @@ pub fn sweep(state_root: &Path) -> Vec<String> {
         }
     }
     removed
+}
+
+/// The root directory of a host-baseline sandbox: empty but for the mount points the runtime
+/// creates in it and the baseline's symlinks. It is shared by every run whose spec has the same
+/// mount destinations and symlinks (the key), and kept: creating a dozen mount points and
+/// removing them again per run is a measurable part of start-up on a disk-backed state
+/// directory. Nothing the workload does reaches it: the runtime mounts it read-only in the
+/// sandbox's own mount namespace, and everything writable is a mount on top.
+fn skeleton(
+    state_root: &Path,
+    id: &str,
+    spec: &libcontainer::oci_spec::runtime::Spec,
+    links: &[(PathBuf, PathBuf)],
+) -> Result<(PathBuf, std::fs::File), RunError> {
+    // A pruner that got there first (see `prune_roots`) has removed it by the time the shared
+    // lock is granted: make it again.
+    for _ in 0..3 {
+        let dir = make_skeleton(state_root, id, spec, links)?;
+        let lock = std::fs::File::open(&dir).map_err(|source| RunError::Io {
+            step: format!("opening {}", dir.display()),
+            source,
+        })?;
+        flock(&lock, libc::LOCK_SH).map_err(|source| RunError::Io {
+            step: format!("locking {}", dir.display()),
+            source,
+        })?;
+        use std::os::unix::fs::MetadataExt as _;
+        let held = lock.metadata().map(|m| m.ino()).ok();
+        if held.is_some() && std::fs::metadata(&dir).map(|m| m.ino()).ok() == held {
+            return Ok((dir, lock));
+        }
+    }
+    Err(RunError::Container {
+        step: "root skeleton",
+        message: "removed again and again while being taken".into(),
+    })
+}
+
+fn flock(f: &std::fs::File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    loop {
+        // SAFETY: flock on a descriptor this function borrows.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// How many root skeletons are kept before idle ones are pruned, and how long unused first.
+const KEEP_ROOTS: usize = 32;
+const ROOT_IDLE: Duration = Duration::from_secs(3600);
+
+/// Removes root skeletons (and half-made ones) made more than `ROOT_IDLE` ago once there are more
+/// than `KEEP_ROOTS`: every distinct set of mount points has its own. One in use is locked by its
+/// runner and left alone; a run that wants one removed here makes it again (`skeleton`), which
+/// costs what a fresh root cost every run before skeletons were kept.
+fn prune_roots(state_root: &Path) -> Vec<String> {
+    let roots = state_root.join("roots");
+    let Ok(rd) = std::fs::read_dir(&roots) else {
+        return Vec::new();
+    };
+    let entries: Vec<std::fs::DirEntry> = rd.flatten().collect();
+    if entries.len() <= KEEP_ROOTS {
+        return Vec::new();
+    }
+    let idle = |e: &std::fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ROOT_IDLE)
+    };
+    let mut removed = Vec::new();
+    for e in entries.iter().filter(|e| idle(e)) {
+        let path = e.path();
+        let Ok(f) = std::fs::File::open(&path) else {
+            continue;
+        };
+        if flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_err() {
+            continue;
+        }
+        // Out of the way first (a new run then makes a fresh one), then removed.
+        let gone = roots.join(format!(".gone-{}", std::process::id()));
+        if std::fs::rename(&path, &gone).is_ok() && remove_tree(&gone).is_ok() {
+            removed.push(path.display().to_string());
+        }
+    }
+    removed
+}
+
+fn make_skeleton(
+    state_root: &Path,
+    id: &str,
+    spec: &libcontainer::oci_spec::runtime::Spec,
+    links: &[(PathBuf, PathBuf)],
+) -> Result<PathBuf, RunError> {
+    use std::hash::{Hash, Hasher};
+    let io = |step: String| move |source| RunError::Io { step, source };
+    // A fixed-key hash: the same layout gets the same directory in every run. A mount point is a
+    // directory or a file depending on what is mounted there, so the kind is part of the key.
+    let mut h = std::hash::DefaultHasher::new();
+    for m in spec.mounts().iter().flatten() {
+        m.destination().hash(&mut h);
+        m.typ().hash(&mut h);
+        m.source()
+            .as_deref()
+            .is_some_and(|s| s.is_dir())
+            .hash(&mut h);
+    }
+    links.hash(&mut h);
+    let roots = state_root.join("roots");
+    let dir = roots.join(format!("{:016x}", h.finish()));
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    // Built aside and renamed into place, so a concurrent run never sees it half made.
+    let tmp = roots.join(format!(".new-{id}"));
+    std::fs::create_dir_all(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
+    for (link, target) in links {
+        let at = tmp.join(link.strip_prefix("/").unwrap_or(link));
+        std::os::unix::fs::symlink(target, &at)
+            .map_err(io(format!("creating the symlink {}", at.display())))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let _ = remove_tree(&tmp);
+        // Another run made it first.
+        if !dir.is_dir() {
+            return Err(RunError::Io {
+                step: format!("creating {}", dir.display()),
+                source: e,
+            });
+        }
+    }
+    Ok(dir)
+}
+
+/// Removes the sandbox's cgroups of the cgroupfs driver (`cgroups_path`): `agentcell/<id>` under
+/// every hierarchy mounted in /sys/fs/cgroup (v1, hybrid) or /sys/fs/cgroup itself (v2). A process
+/// still listed is killed first, as libcontainer does; a cgroup that stays busy is an error.
+fn remove_cgroups(id: &str) -> std::io::Result<()> {
+    let base = Path::new("/sys/fs/cgroup");
+    let dirs = std::fs::read_dir(base)?
+        .flatten()
+        .map(|e| e.path().join("agentcell").join(id))
+        .chain([base.join("agentcell").join(id)]);
+    for dir in dirs {
+        let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            // Gone, or never made in this hierarchy (or the same one seen through a symlink).
+            continue;
+        };
+        for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+            // SAFETY: kill(2) with a pid read from the sandbox's own cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let mut delay = Duration::from_millis(1);
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(e) if delay > Duration::from_millis(200) => return Err(e),
+                Err(_) => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The spec `run` would use, with `rootfs` as the root path (for `--print-spec`).
@@ -475,4 +667,38 @@ impl Drop for RemoveOnDrop {
 
 fn remove_tree(p: &Path) -> std::io::Result<()> {
     std::fs::remove_dir_all(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past `KEEP_ROOTS`, skeletons made over `ROOT_IDLE` ago go, except one a runner holds;
+    /// recent ones stay.
+    #[test]
+    fn idle_root_skeletons_are_pruned_unless_held() {
+        let state = std::env::temp_dir().join(format!("ac-roots-{}", std::process::id()));
+        let roots = state.join("roots");
+        let _ = std::fs::remove_dir_all(&state);
+        let old = std::time::SystemTime::now() - 2 * ROOT_IDLE;
+        for i in 0..KEEP_ROOTS + 4 {
+            let d = roots.join(format!("old{i}"));
+            std::fs::create_dir_all(d.join("usr/bin")).unwrap();
+            std::fs::File::open(&d).unwrap().set_modified(old).unwrap();
+        }
+        std::fs::create_dir_all(roots.join("recent")).unwrap();
+        let held = std::fs::File::open(roots.join("old0")).unwrap();
+        flock(&held, libc::LOCK_SH).unwrap();
+        let removed = prune_roots(&state);
+        assert_eq!(removed.len(), KEEP_ROOTS + 3);
+        let mut left: Vec<String> = std::fs::read_dir(&roots)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["old0", "recent"]);
+        drop(held);
+        std::fs::remove_dir_all(&state).unwrap();
+    }
 }

@@ -30,6 +30,11 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// Annotation listing the symlinks the root directory must hold before the runtime starts (a JSON
+/// object, link -> target, sandbox paths): OCI has no mount type for a symlink, so the runner
+/// creates them in the root and other runtimes given this spec (benches/exec.sh) must too.
+pub const ROOT_SYMLINKS: &str = "org.agentcell.root.symlinks";
+
 pub struct SpecInput<'a> {
     pub plan: &'a Plan,
     pub prepared: &'a Prepared,
@@ -58,8 +63,14 @@ pub fn build_json(input: &SpecInput) -> Value {
     ];
     if let RootSource::HostBaseline = plan.filesystem.root {
         for b in &plan.filesystem.baseline {
-            // Bound when present, like bubblewrap's --ro-bind-try.
-            if Path::new(b).exists() {
+            let linked = input
+                .prepared
+                .baseline_links
+                .iter()
+                .any(|(l, _)| l == Path::new(b));
+            // Bound when present, like bubblewrap's --ro-bind-try; a symlink to another baseline
+            // entry is a symlink in the root instead (the runner makes it; see `ROOT_SYMLINKS`).
+            if !linked && Path::new(b).exists() {
                 mounts.push(bind(b, b, true));
             }
         }
@@ -126,8 +137,22 @@ pub fn build_json(input: &SpecInput) -> Value {
     if !plan.host.seccomp {
         linux.as_object_mut().expect("object").remove("seccomp");
     }
+    let mut annotations = serde_json::Map::new();
+    if !input.prepared.baseline_links.is_empty() {
+        let links: serde_json::Map<String, Value> = input
+            .prepared
+            .baseline_links
+            .iter()
+            .map(|(l, t)| (l.display().to_string(), json!(t)))
+            .collect();
+        annotations.insert(
+            ROOT_SYMLINKS.into(),
+            json!(Value::Object(links).to_string()),
+        );
+    }
     json!({
         "ociVersion": "1.0.2",
+        "annotations": annotations,
         "process": {
             "terminal": false,
             "user": {"uid": input.uid, "gid": input.gid},
@@ -216,6 +241,29 @@ mod tests {
             gid: 0,
             netns: None,
         };
+        // A baseline symlink is a symlink in the root (listed for other runtimes), not a bind.
+        let linked = Prepared {
+            baseline_links: vec![("/bin".into(), "/usr/bin".into())],
+            ..prepared.clone()
+        };
+        let v = build_json(&SpecInput {
+            prepared: &linked,
+            args: input.args.clone(),
+            cgroups_path: input.cgroups_path.clone(),
+            netns: None,
+            ..input
+        });
+        assert!(
+            !v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == "/bin")
+        );
+        assert_eq!(
+            v["annotations"][ROOT_SYMLINKS],
+            json!(r#"{"/bin":"/usr/bin"}"#)
+        );
         let spec = build(&input).expect("valid OCI spec");
         let mounts = spec.mounts().as_ref().unwrap();
         let w = mounts
