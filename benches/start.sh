@@ -10,7 +10,9 @@
 # N=measured runs per runtime (default 30), WARMUP=warm-up runs per runtime (default 3).
 # ROOTFS=1 runs every runtime on the image's root filesystem as a directory (`ctr run --rootfs`)
 # instead of the imported image (no snapshot mount). BIN_DIR=DIR uses the shim in DIR instead
-# of building one (to compare builds).
+# of building one (to compare builds). VM=1 (the default when the micro-VM assets are installed:
+# `agentcell vm install-kernel`, `agentcell vm install-agent`) adds the micro-VM tier
+# (io.containerd.agentcell-vm.v2) to the same interleaved rounds; VM=0 leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-30}
@@ -156,6 +158,13 @@ tar -C "$img/layout" -cf "$img/busybox.tar" index.json oci-layout blobs
 c images import "$img/busybox.tar" >/dev/null
 c images ls -q | grep -qx "$image" || { echo "image import failed" >&2; exit 1; }
 
+VM_DIR=${AGENTCELL_VM_DIR:-/var/lib/agentcell/vm}
+if [ -z "${VM:-}" ]; then
+  VM=0; [ -d "$VM_DIR/kernel" ] && [ -x "${AGENTCELL_GUEST_AGENT:-$VM_DIR/agentcell-guest}" ] && VM=1
+fi
+if [ "$VM" = 1 ] && [ ! -x "$BIN/containerd-shim-agentcell-vm-v2" ]; then
+  echo "benches/start.sh: $BIN/containerd-shim-agentcell-vm-v2 was not built" >&2; exit 1
+fi
 loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
 cgmode=v2; [ -d /sys/fs/cgroup/unified ] && cgmode="v1 hybrid"
 echo "== benches/start.sh: containerd shim start-up and memory"
@@ -165,12 +174,16 @@ echo "runc        $(runc --version | head -1 | cut -d' ' -f3)"
 echo "crun        $(crun --version | head -1 | cut -d' ' -f3)"
 echo "agentcell   $(git rev-parse --short HEAD 2>/dev/null || echo '?') ($(stat -c %s "$BIN/containerd-shim-agentcell-v2") byte shim)"
 echo "runs        $N measured + $WARMUP warm-up per runtime, interleaved"
+if [ "$VM" = 1 ]; then
+  accel=tcg; [ -e /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ] && accel=kvm
+  echo "micro-VM    io.containerd.agentcell-vm.v2, qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), accel ${AGENTCELL_VM_ACCEL:-$accel}"
+fi
 if [ "$ROOTFS" = 1 ]; then target=(--rootfs "$img/rootfs"); echo "root        directory $img/rootfs (ctr run --rootfs)"
 else target=("$image"); echo "root        image $image (overlayfs snapshot)"; fi
 echo "leftovers before: $(leftovers)"
 
-python3 - "$N" "$WARMUP" "$sock" "$ns" "$policy" "$dir/ids" "${target[@]}" <<'PY' || { echo "containerd log (tail):" >&2; tail -15 "$dir/containerd.log" | cut -c1-300 >&2; exit 1; }
-import statistics, subprocess, sys, time
+VM="$VM" python3 - "$N" "$WARMUP" "$sock" "$ns" "$policy" "$dir/ids" "${target[@]}" <<'PY' || { echo "containerd log (tail):" >&2; tail -15 "$dir/containerd.log" | cut -c1-300 >&2; exit 1; }
+import os, statistics, subprocess, sys, time
 n, warmup, sock, ns, policy, ids = int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7]
 target = sys.argv[7:]                  # [image] or [--rootfs, dir]
 ctr = ["ctr", "-a", sock, "-n", ns, "run", "--rm"] + target[:-1]
@@ -179,6 +192,9 @@ runtimes = {
     "runc": ["--runtime", "io.containerd.runc.v2"],
     "crun": ["--runtime", "io.containerd.runc.v2", "--runc-binary", "/usr/bin/crun"],
 }
+if os.environ.get("VM") == "1":
+    runtimes["agentcell-vm"] = ["--runtime", "io.containerd.agentcell-vm.v2", "--annotation",
+                                f"agentcell.dev/mxc-policy={policy}"]
 times = {k: [] for k in runtimes}
 idlog = open(ids, "a")
 for i in range(warmup + n):             # interleaved, so drift hits every runtime alike
@@ -206,6 +222,9 @@ for k, v in times.items():
     print(f"  {k:10} {med[k]:8.1f} {p90(v):8.1f} {min(v):8.1f} {max(v):8.1f}")
 print(f"ratio agentcell/runc  {med['agentcell'] / med['runc']:.2f}  (goal <= 0.80)")
 print(f"ratio agentcell/crun  {med['agentcell'] / med['crun']:.2f}  (goal <= 1.00)")
+if "agentcell-vm" in med:
+    print(f"ratio agentcell-vm/agentcell  {med['agentcell-vm'] / med['agentcell']:.1f}  (micro-VM vs container tier;"
+          " under TCG every guest instruction is emulated: the KVM target is Firecracker's <= 125 ms to guest init)")
 PY
 echo "leftovers after the runs: $(leftovers)"
 

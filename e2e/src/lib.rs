@@ -44,6 +44,8 @@ pub struct Containerd {
     pub namespace: String,
     child: Option<Child>,
     cri: bool,
+    /// containerd's extra environment (inherited by the shims it starts).
+    env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -70,20 +72,29 @@ impl Containerd {
     }
 
     /// Starts containerd with its CRI plugin, the bridge CNI from containernetworking-plugins,
-    /// and the `agentcell` runtime passing `agentcell.dev/*` pod annotations through.
+    /// and the `agentcell` and `agentcell-vm` runtimes passing `agentcell.dev/*` pod
+    /// annotations through.
     pub fn start_cri(tag: &str) -> Self {
         Self::start_with(tag, true, None)
     }
 
     /// As `start_cri`, but the configuration has no `agentcell` runtime: `install` gets the
     /// directory (config.toml in it) and must add the runtime before containerd starts (the
-    /// node installer's test).
-    pub fn start_cri_installed(tag: &str, install: impl FnOnce(&Path)) -> Self {
+    /// node installer's test); it returns environment variables for containerd (and so for the
+    /// shims), such as an `AGENTCELL_VM_DIR` naming where it put the micro-VM assets.
+    pub fn start_cri_installed(
+        tag: &str,
+        install: impl FnOnce(&Path) -> Vec<(String, String)>,
+    ) -> Self {
         Self::start_with(tag, true, Some(Box::new(install)))
     }
 
     #[allow(clippy::type_complexity)]
-    fn start_with(tag: &str, cri: bool, install: Option<Box<dyn FnOnce(&Path) + '_>>) -> Self {
+    fn start_with(
+        tag: &str,
+        cri: bool,
+        install: Option<Box<dyn FnOnce(&Path) -> Vec<(String, String)> + '_>>,
+    ) -> Self {
         require_root();
         let dir = PathBuf::from(format!(
             "/var/tmp/agentcell-e2e-{tag}-{}",
@@ -127,7 +138,7 @@ impl Containerd {
                 agentcell = if install.is_some() {
                     ""
                 } else {
-                    "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell]\n      runtime_type = \"io.containerd.agentcell.v2\"\n      pod_annotations = [\"agentcell.dev/*\"]\n"
+                    "    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell]\n      runtime_type = \"io.containerd.agentcell.v2\"\n      pod_annotations = [\"agentcell.dev/*\"]\n    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell-vm]\n      runtime_type = \"io.containerd.agentcell-vm.v2\"\n      pod_annotations = [\"agentcell.dev/*\"]\n"
                 }
             ));
         } else {
@@ -140,15 +151,17 @@ impl Containerd {
             );
         }
         std::fs::write(dir.join("config.toml"), config).unwrap();
-        if let Some(install) = install {
-            install(&dir);
-        }
+        let env = match install {
+            Some(install) => install(&dir),
+            None => Vec::new(),
+        };
         let mut c = Self {
             dir,
             sock,
             namespace: if cri { "k8s.io".into() } else { "e2e".into() },
             child: None,
             cri,
+            env,
         };
         c.launch();
         c
@@ -171,6 +184,7 @@ impl Containerd {
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
             .env("AGENTCELL_LOG", "debug,libcgroups=error,libcontainer=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -244,6 +258,17 @@ impl Containerd {
         Path::new("/run/containerd/s").join(hex::encode(hash))
     }
 
+    /// Waits (up to ~10 s) until `ctr tasks ls` shows a stopped task; whether it did.
+    pub fn wait_stopped(&self) -> bool {
+        for _ in 0..200 {
+            if self.ctr(&["tasks", "ls"]).stdout.contains("STOPPED") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Pids of the shims serving this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
@@ -261,7 +286,8 @@ impl Containerd {
                 .find(|l| l.starts_with("NSpid:"))
                 .is_some_and(|l| l.split_whitespace().count() == 2);
             if host_pidns
-                && cmd.contains("containerd-shim-agentcell-v2")
+                && (cmd.contains("containerd-shim-agentcell-v2")
+                    || cmd.contains("containerd-shim-agentcell-vm-v2"))
                 && cmd.contains(&*self.sock.to_string_lossy())
             {
                 pids.push(pid);

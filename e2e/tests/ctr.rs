@@ -162,15 +162,7 @@ fn exec_ps_metrics_and_kill_behave_and_exec_is_confined() {
     assert!(m.stdout.contains("pids.current"), "{}", m.stdout);
     let r = c.ctr(&["tasks", "kill", "-s", "SIGKILL", "-a", "ex1"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let mut stopped = false;
-    for _ in 0..100 {
-        if c.ctr(&["tasks", "ls"]).stdout.contains("STOPPED") {
-            stopped = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(stopped, "{}", c.ctr(&["tasks", "ls"]).stdout);
+    assert!(c.wait_stopped(), "{}", c.ctr(&["tasks", "ls"]).stdout);
     assert_eq!(c.ctr(&["tasks", "delete", "ex1"]).code, 0);
 }
 

@@ -13,6 +13,7 @@ pub mod oom;
 pub mod reaper;
 pub mod service;
 pub mod stats;
+pub mod vmspec;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,15 @@ use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
 
 /// containerd's runtime type for this shim.
 pub const RUNTIME_TYPE: &str = "io.containerd.agentcell.v2";
+/// containerd's runtime type for the micro-VM tier (`containerd-shim-agentcell-vm-v2`).
+pub const RUNTIME_TYPE_VM: &str = "io.containerd.agentcell-vm.v2";
+
+static VM_TIER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this shim process serves the micro-VM tier (set once, at start, by its binary).
+pub fn vm_tier() -> bool {
+    VM_TIER.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 pub struct Shim {
     exit: Arc<ExitSignal>,
@@ -106,11 +116,11 @@ fn init_logging(action: &str, namespace: &str, id: &str, debug: bool) {
             "info,libcgroups=error,libcontainer=warn"
         })
     });
-    let fifo = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags_nonblock()
-        .open("log")
-        .ok();
+    let path = std::env::current_dir().unwrap_or_default().join("log");
+    let fifo = FifoLog::open(&path).map(|f| FifoLog {
+        path,
+        file: Some(f),
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
@@ -123,6 +133,44 @@ fn init_logging(action: &str, namespace: &str, id: &str, debug: bool) {
 }
 
 use std::sync::Mutex;
+
+/// containerd's log FIFO. When containerd is gone, a write raises SIGPIPE, which
+/// containerd-shim's signal thread logs, which writes again: the shim would spin. A write that
+/// finds no reader closes the FIFO and drops the line; the next line reopens it without
+/// blocking (`ENXIO`, no signal, while nobody reads), so logging resumes when containerd is back.
+struct FifoLog {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl FifoLog {
+    fn open(path: &std::path::Path) -> Option<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags_nonblock()
+            .open(path)
+            .ok()
+    }
+}
+
+impl std::io::Write for FifoLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.file.is_none() {
+            self.file = Self::open(&self.path);
+        }
+        if let Some(f) = self.file.as_mut()
+            && let Err(e) = f.write_all(buf)
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            self.file = None;
+        }
+        // Anything else (a full FIFO) loses this line only.
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 trait NonBlock {
     fn custom_flags_nonblock(&mut self) -> &mut Self;
@@ -137,8 +185,18 @@ impl NonBlock for std::fs::OpenOptions {
 
 /// The shim binary's entry point.
 pub fn main() {
+    run(RUNTIME_TYPE)
+}
+
+/// The micro-VM tier's entry point: the same shim, every container in its own VM.
+pub fn main_vm() {
+    VM_TIER.store(true, std::sync::atomic::Ordering::Relaxed);
+    run(RUNTIME_TYPE_VM)
+}
+
+fn run(runtime_type: &str) {
     containerd_shim::run::<Shim>(
-        RUNTIME_TYPE,
+        runtime_type,
         Some(Config {
             // Our reaper (`reaper`) takes the exits; libcontainer reaps its own helpers.
             no_reaper: true,

@@ -36,6 +36,8 @@ use crate::network::program::{self, Attachment};
 use crate::sandbox::landlock::{LandlockExecutor, LandlockRules};
 use crate::sandbox::prepare;
 
+mod vm;
+
 /// Where the shim keeps its state: `<root>/<namespace>/<container id>/` (the confined bundle)
 /// and `<root>/<namespace>/lc/` (libcontainer's state).
 pub const STATE_ROOT: &str = "/run/agentcell/shim";
@@ -59,6 +61,8 @@ struct Shared {
     containers: Mutex<HashMap<String, Arc<Ctr>>>,
     /// Pod sandbox id → fingerprint of the network plan its namespace was fenced with.
     pods: Mutex<HashMap<String, String>>,
+    /// Pod sandbox id → indexes of the container VMs' links in its namespace.
+    pod_links: Mutex<HashMap<String, std::collections::BTreeSet<u32>>>,
     exit: Arc<ExitSignal>,
     last_activity: Mutex<Instant>,
     idle_exit: Mutex<Duration>,
@@ -92,6 +96,10 @@ struct Proc {
     io: Mutex<ShimSide>,
     /// The exec's process spec (`None` for the init process).
     spec: Option<Value>,
+    /// Its handle on the guest agent (micro-VM tier).
+    handle: Mutex<u32>,
+    /// Its output streams, closed when it exits (micro-VM tier).
+    vm_out: Mutex<Vec<vm::SharedOut>>,
 }
 
 struct Ctr {
@@ -109,10 +117,18 @@ struct Ctr {
     stacked: Option<LinuxSeccomp>,
     plan_env: Vec<(String, String)>,
     pod_sandbox: Option<String>,
+    /// Runs in a micro-VM (the VM tier's containers, but not its pod sandboxes).
+    tier_vm: bool,
+    /// The pod namespace the VM's tap goes into, and the pod (micro-VM tier under CRI).
+    pod_netns: Option<(PathBuf, String)>,
+    /// The tap this container's VM got in the pod's namespace.
+    pod_link: Mutex<Option<crate::vm::net::PodLink>>,
     cgroups_path: String,
     systemd: bool,
     /// Applied to the init from outside: libcontainer would write it into the shim itself.
     oom_score_adj: Option<i64>,
+    /// The container's VM (micro-VM tier); `None`: a libcontainer container.
+    vm: Option<vm::VmParts>,
 }
 
 /// Removes `oomScoreAdj` from a process spec: libcontainer writes it into the calling process,
@@ -218,6 +234,7 @@ impl Service {
             events: Mutex::new(tx),
             containers: Mutex::new(HashMap::new()),
             pods: Mutex::new(HashMap::new()),
+            pod_links: Mutex::new(HashMap::new()),
             exit,
             last_activity: Mutex::new(Instant::now()),
             idle_exit: Mutex::new(Duration::from_secs(60)),
@@ -298,10 +315,11 @@ impl Service {
     }
 
     /// Everything `create` does before libcontainer: policy, rootfs, network, confined spec.
+    #[allow(clippy::type_complexity)]
     fn prepare_container(
         &self,
         req: &api::CreateTaskRequest,
-    ) -> Result<(Ctr, io::ProcessSide, ShimSide), String> {
+    ) -> Result<(Ctr, io::ProcessSide, ShimSide, Value, Plan), String> {
         let bundle = PathBuf::from(&req.bundle);
         let text = std::fs::read_to_string(bundle.join("config.json"))
             .map_err(|e| format!("reading {}/config.json: {e}", req.bundle))?;
@@ -410,6 +428,11 @@ impl Service {
             })
             .cloned();
         let fingerprint = network_fingerprint(&plan);
+        // The VM tier runs a pod's sandbox (pause) container as a container: it only holds the
+        // pod's namespaces.
+        let as_vm = super::vm_tier() && ctype.as_deref() != Some("sandbox");
+        let mut pod_netns: Option<PathBuf> = None;
+        let mut pod_sandbox_of_vm: Option<String> = None;
         let mut own_netns = None;
         let mut pod_sandbox = None;
         match netns_entry {
@@ -436,15 +459,28 @@ impl Service {
                             )));
                         }
                     }
+                    if as_vm {
+                        // The VM's tap goes into the pod's namespace when it boots.
+                        pod_netns = Some(PathBuf::from(path));
+                        pod_sandbox_of_vm = Some(sid);
+                    }
                 }
                 Some(path) => {
-                    program::program(
-                        Path::new(path),
-                        &plan.network,
-                        &req.id,
-                        Attachment::Existing,
-                    )
-                    .map_err(|e| fail(format!("network: fencing {path}: {e}")))?;
+                    // Under the micro-VM tier the pod's containers run in VMs behind taps: the
+                    // fence judges their forwarded traffic (the sandbox's pause process has
+                    // no business on the network).
+                    let attachment = if super::vm_tier() {
+                        Attachment::PodVm(
+                            crate::vm::net::POD_TAPS,
+                            crate::vm::net::POD_GUEST_NET
+                                .parse()
+                                .expect("a valid network"),
+                        )
+                    } else {
+                        Attachment::Existing
+                    };
+                    program::program(Path::new(path), &plan.network, &req.id, attachment)
+                        .map_err(|e| fail(format!("network: fencing {path}: {e}")))?;
                     let sid = sandbox_id.clone().unwrap_or_else(|| req.id.clone());
                     self.record_pod(&sid, &fingerprint);
                     pod_sandbox = Some(sid);
@@ -458,7 +494,14 @@ impl Service {
                     }
                     let mut net = SandboxNet::create(&name, plan.network.needs_uplink)
                         .map_err(|e| fail(format!("network: {e}")))?;
-                    if net.uplink.is_some() {
+                    if net.uplink.is_some() && as_vm {
+                        // The VM's traffic is forwarded through this namespace: the fence
+                        // judges it there, outside the guest.
+                        if let Err(e) = crate::vm::net::attach(&mut net, &plan.network, &req.id) {
+                            net.destroy();
+                            return Err(fail(format!("network: {e}")));
+                        }
+                    } else if net.uplink.is_some() {
                         let path = net.path();
                         program::program(
                             &path,
@@ -516,8 +559,11 @@ impl Service {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        // In a VM a terminal is the guest's: its output arrives as plain bytes.
+        let mut plain = stdio.clone();
+        plain.terminal &= !as_vm;
         let (pside, sside) =
-            io::setup(&stdio, &dir, "init").map_err(|e| fail(format!("stdio: {e}")))?;
+            io::setup(&plain, &dir, "init").map_err(|e| fail(format!("stdio: {e}")))?;
         let stacked = if plan.host.seccomp {
             serde_json::to_value(&plan.seccomp)
                 .ok()
@@ -538,6 +584,8 @@ impl Service {
                 stdio,
                 io: Mutex::new(ShimSide::default()),
                 spec: None,
+                handle: Mutex::new(0),
+                vm_out: Mutex::new(Vec::new()),
             }),
             execs: Mutex::new(HashMap::new()),
             phase: Mutex::new(Phase::Created),
@@ -548,6 +596,9 @@ impl Service {
             stacked,
             plan_env: plan.process.env.clone(),
             pod_sandbox,
+            tier_vm: as_vm,
+            pod_netns: pod_netns.zip(pod_sandbox_of_vm),
+            pod_link: Mutex::new(None),
             cgroups_path: confined
                 .spec
                 .pointer("/linux/cgroupsPath")
@@ -556,8 +607,9 @@ impl Service {
                 .to_string(),
             systemd: cfg_systemd,
             oom_score_adj,
+            vm: None,
         };
-        Ok((ctr, pside, sside))
+        Ok((ctr, pside, sside, confined.spec, plan))
     }
 
     fn pod_fingerprint(&self, sandbox: &str) -> Option<String> {
@@ -703,7 +755,49 @@ impl Service {
         Ok(pid)
     }
 
+    /// Records a created container and tells containerd.
+    fn created(
+        &self,
+        req: &api::CreateTaskRequest,
+        ctr: Arc<Ctr>,
+        pid: i32,
+    ) -> api::CreateTaskResponse {
+        self.s
+            .containers
+            .lock()
+            .expect("containers")
+            .insert(req.id.clone(), ctr);
+        let mut e = ev::TaskCreate::new();
+        e.container_id = req.id.clone();
+        e.bundle = req.bundle.clone();
+        e.rootfs = req.rootfs.clone();
+        e.io = Some(ev::TaskIO {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            ..Default::default()
+        })
+        .into();
+        e.pid = pid as u32;
+        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(e));
+        api::CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        }
+    }
+
     fn cleanup(&self, c: &Ctr) {
+        self.stop_vm(c);
+        if let (Some((netns, sid)), Some(link)) =
+            (&c.pod_netns, c.pod_link.lock().expect("link").take())
+        {
+            let _g = REAP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            crate::vm::net::detach_pod(netns, &link.tap);
+            if let Some(used) = self.s.pod_links.lock().expect("links").get_mut(sid) {
+                used.retain(|i| crate::vm::net::pod_link(*i).tap != link.tap);
+            }
+        }
         if let Ok(mut lc) = Container::load(c.lc_root.join(&c.id)) {
             let _g = REAP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = lc.delete(true) {
@@ -738,10 +832,48 @@ impl Task for Service {
         let _busy = Busy::new(&self.s);
         let _span = tracing::info_span!("create", container = %req.id).entered();
         let t0 = Instant::now();
-        let (ctr, pside, mut sside) = self.prepare_container(&req).map_err(|m| {
-            tracing::error!(container = %req.id, "refused: {m}");
-            err(Code::FAILED_PRECONDITION, m)
-        })?;
+        let (mut ctr, pside, mut sside, confined, plan) =
+            self.prepare_container(&req).map_err(|m| {
+                tracing::error!(container = %req.id, "refused: {m}");
+                err(Code::FAILED_PRECONDITION, m)
+            })?;
+        if ctr.tier_vm {
+            *ctr.init.handle.lock().expect("handle") = vm::INIT_HANDLE;
+            let booted = self.create_vm(&ctr, pside, &confined, &plan);
+            let pid = match booted {
+                Ok((parts, pid)) => {
+                    ctr.vm = Some(parts);
+                    pid
+                }
+                Err(m) => {
+                    self.cleanup(&ctr);
+                    tracing::error!(container = %req.id, "refused: {m}");
+                    return Err(err(Code::FAILED_PRECONDITION, m));
+                }
+            };
+            *ctr.init.io.lock().expect("io") = sside;
+            *ctr.init.pid.lock().expect("pid") = pid;
+            if let Some(v) = &ctr.vm {
+                let mut meta: Value = std::fs::read_to_string(ctr.dir.join("meta.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_else(|| serde_json::json!({}));
+                meta["qemu_pid"] = serde_json::json!(v.qemu_pid);
+                if let Some(vm) = v.vm.lock().expect("vm").as_ref() {
+                    meta["vm_state"] = serde_json::json!(vm.state_dir);
+                }
+                if let (Some((ns, _)), Some(l)) =
+                    (&ctr.pod_netns, ctr.pod_link.lock().expect("link").as_ref())
+                {
+                    meta["pod_netns"] = serde_json::json!(ns);
+                    meta["pod_tap"] = serde_json::json!(l.tap);
+                }
+                let _ = std::fs::write(ctr.dir.join("meta.json"), meta.to_string());
+            }
+            tracing::info!(container = %req.id, pid, elapsed_us = t0.elapsed().as_micros() as u64, "created in a micro-VM");
+            return Ok(self.created(&req, Arc::new(ctr), pid));
+        }
+        drop((confined, plan));
         let ctr = Arc::new(ctr);
         let console = sside.receive_console(ctr.init.stdio.clone());
         let built = {
@@ -791,29 +923,7 @@ impl Task for Service {
         }) {
             tracing::warn!(container = %req.id, error = %e, "OOM events unavailable");
         }
-        self.s
-            .containers
-            .lock()
-            .expect("containers")
-            .insert(req.id.clone(), ctr.clone());
-        let mut e = ev::TaskCreate::new();
-        e.container_id = req.id.clone();
-        e.bundle = req.bundle.clone();
-        e.rootfs = req.rootfs.clone();
-        e.io = Some(ev::TaskIO {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-            ..Default::default()
-        })
-        .into();
-        e.pid = pid as u32;
-        self.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(e));
-        Ok(api::CreateTaskResponse {
-            pid: pid as u32,
-            ..Default::default()
-        })
+        Ok(self.created(&req, ctr, pid))
     }
 
     fn start(
@@ -824,7 +934,11 @@ impl Task for Service {
         self.touch();
         let c = self.get(&req.id)?;
         let pid = if req.exec_id.is_empty() {
-            let pid = self.start_init(&c)?;
+            let pid = if c.vm.is_some() {
+                self.start_vm_init(&c).map_err(|m| err(Code::INTERNAL, m))?
+            } else {
+                self.start_init(&c)?
+            };
             let mut e = ev::TaskStart::new();
             e.container_id = c.id.clone();
             e.pid = pid as u32;
@@ -832,7 +946,12 @@ impl Task for Service {
             pid
         } else {
             let p = self.process(&c, &req.exec_id)?;
-            let pid = self.start_exec(&c, &p)?;
+            let pid = if c.vm.is_some() {
+                self.start_vm_exec(&c, &p)
+                    .map_err(|m| err(Code::INTERNAL, m))?
+            } else {
+                self.start_exec(&c, &p)?
+            };
             let mut e = ev::TaskExecStarted::new();
             e.container_id = c.id.clone();
             e.exec_id = req.exec_id.clone();
@@ -862,6 +981,9 @@ impl Task for Service {
                 )
             })?;
             c.execs.lock().expect("execs").remove(&req.exec_id);
+            if let Some(v) = &c.vm {
+                let _ = v.client.delete(*p.handle.lock().expect("handle"));
+            }
             let _ = std::fs::remove_file(c.dir.join(format!("exec-{}.json", req.exec_id)));
             return Ok(api::DeleteResponse {
                 pid: *p.pid.lock().expect("pid") as u32,
@@ -871,7 +993,7 @@ impl Task for Service {
             });
         }
         let pid = *c.init.pid.lock().expect("pid");
-        if c.init.exit.get().is_none() {
+        if c.init.exit.get().is_none() && c.vm.is_none() {
             // Deleting a created (never started) or still running task kills it first.
             if let Ok(mut lc) = Container::load(c.lc_root.join(&c.id)) {
                 let _ = lc.kill(Signal::SIGKILL, true);
@@ -906,7 +1028,12 @@ impl Task for Service {
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let c = self.get(&req.id)?;
         let pid = *c.init.pid.lock().expect("pid");
-        let processes = stats::pids(pid)
+        // A VM's processes are the guest's: on the host the container is qemu.
+        let list = match &c.vm {
+            Some(v) => vec![v.qemu_pid as u32],
+            None => stats::pids(pid),
+        };
+        let processes = list
             .into_iter()
             .map(|p| containerd_shim::protos::types::task::ProcessInfo {
                 pid: p,
@@ -921,6 +1048,12 @@ impl Task for Service {
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
+        if c.vm.is_some() {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "pause: not supported by the micro-VM tier",
+            ));
+        }
         let mut lc = Container::load(c.lc_root.join(&c.id))
             .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         lc.pause().map_err(|e| err(Code::INTERNAL, e.to_string()))?;
@@ -933,6 +1066,12 @@ impl Task for Service {
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
+        if c.vm.is_some() {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "resume: not supported by the micro-VM tier",
+            ));
+        }
         let mut lc = Container::load(c.lc_root.join(&c.id))
             .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         lc.resume()
@@ -949,6 +1088,13 @@ impl Task for Service {
         let c = self.get(&req.id)?;
         let sig = Signal::try_from(req.signal as i32)
             .map_err(|_| err(Code::INVALID_ARGUMENT, format!("signal {}", req.signal)))?;
+        if c.vm.is_some() {
+            let p = self.process(&c, &req.exec_id)?;
+            return self
+                .kill_vm(&c, &p, req.signal as i32, req.all)
+                .map(|_| api::Empty::new())
+                .map_err(|m| err(Code::NOT_FOUND, m));
+        }
         if req.all && req.exec_id.is_empty() {
             let mut lc = Container::load(c.lc_root.join(&c.id))
                 .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
@@ -1007,6 +1153,8 @@ impl Task for Service {
                 },
                 io: Mutex::new(ShimSide::default()),
                 spec: Some(spec),
+                handle: Mutex::new(0),
+                vm_out: Mutex::new(Vec::new()),
             }),
         );
         let mut e = ev::TaskExecAdded::new();
@@ -1023,6 +1171,14 @@ impl Task for Service {
     ) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
         let p = self.process(&c, &req.exec_id)?;
+        if let Some(v) = &c.vm {
+            let handle = *p.handle.lock().expect("handle");
+            return v
+                .client
+                .resize(handle, req.height as u16, req.width as u16)
+                .map(|_| api::Empty::new())
+                .map_err(|e| err(Code::FAILED_PRECONDITION, e.to_string()));
+        }
         p.io.lock()
             .expect("io")
             .resize(req.width, req.height)
@@ -1041,6 +1197,12 @@ impl Task for Service {
 
     fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         let c = self.get(&req.id)?;
+        if c.vm.is_some() {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "update: a micro-VM's resources are fixed when it boots",
+            ));
+        }
         let resources: libcontainer::oci_spec::runtime::LinuxResources = req
             .resources
             .as_ref()
@@ -1122,7 +1284,15 @@ impl Task for Service {
     ) -> TtrpcResult<api::StatsResponse> {
         let c = self.get(&req.id)?;
         let pid = *c.init.pid.lock().expect("pid");
-        let any = stats::metrics(pid).map_err(|e| err(Code::INTERNAL, e))?;
+        let any = match &c.vm {
+            Some(v) => v
+                .client
+                .stats()
+                .map_err(|e| e.to_string())
+                .and_then(|s| stats::vm_metrics(&s)),
+            None => stats::metrics(pid),
+        }
+        .map_err(|e| err(Code::INTERNAL, e))?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),
             ..Default::default()
@@ -1191,6 +1361,30 @@ pub fn delete_orphan(namespace: &str, id: &str, bundle: &Path) -> api::DeleteRes
         .and_then(Value::as_str)
         .map(PathBuf::from)
         .unwrap_or_else(|| bundle.join("rootfs"));
+    if let (Some(qpid), Some(state)) = (
+        meta.get("qemu_pid").and_then(Value::as_i64),
+        meta.get("vm_state").and_then(Value::as_str),
+    ) {
+        // Only that VM's qemu: its command line names its state directory (pids are reused).
+        let cmdline = std::fs::read(format!("/proc/{qpid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(state) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(qpid as i32), Signal::SIGKILL);
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{qpid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = std::fs::remove_dir_all(state);
+    }
+    if let (Some(ns), Some(tap)) = (
+        meta.get("pod_netns").and_then(Value::as_str),
+        meta.get("pod_tap").and_then(Value::as_str),
+    ) {
+        crate::vm::net::detach_pod(Path::new(ns), tap);
+    }
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
     if let Some(n) = meta.get("netns").and_then(Value::as_str) {
         link::remove(n);

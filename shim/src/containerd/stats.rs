@@ -166,3 +166,24 @@ pub fn pids(pid: i32) -> Vec<u32> {
         .filter_map(|l| l.trim().parse().ok())
         .collect()
 }
+
+/// A micro-VM container's metrics, from what its guest agent reports (the whole VM's memory,
+/// the containers' CPU time and processes), in the v1 shape kubelet and `ctr` decode.
+pub fn vm_metrics(s: &agentcell_vmproto::VmStats) -> Result<Any, String> {
+    let mut m = v1::Metrics::new();
+    let mut mem = v1::MemoryStat::new();
+    let mut usage = v1::MemoryEntry::new();
+    usage.usage = s.mem_total_bytes.saturating_sub(s.mem_available_bytes);
+    usage.limit = s.mem_total_bytes;
+    mem.usage = Some(usage).into();
+    m.memory = Some(mem).into();
+    let mut cpu = v1::CPUStat::new();
+    let mut cu = v1::CPUUsage::new();
+    cu.total = s.cpu_usage_ns;
+    cpu.usage = Some(cu).into();
+    m.cpu = Some(cpu).into();
+    let mut p = v1::PidsStat::new();
+    p.current = s.pids;
+    m.pids = Some(p).into();
+    pack("io.containerd.cgroups.v1.Metrics", &m)
+}
