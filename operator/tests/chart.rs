@@ -260,6 +260,10 @@ fn default_values_render_the_documented_objects() {
         assert!(rc["overhead"]["podFixed"]["memory"].is_string(), "{rc}");
     }
     assert_eq!(rcs[0]["handler"], "agentcell");
+    // The micro-VM class names agentcell's own VM runtime, with the VM's memory floor.
+    assert_eq!(rcs[1]["handler"], "agentcell-vm");
+    assert_eq!(rcs[1]["overhead"]["podFixed"]["memory"], "256Mi");
+    assert_eq!(rcs[1]["overhead"]["podFixed"]["cpu"], "250m");
 
     let ds = one(&objs, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
@@ -270,6 +274,11 @@ fn default_values_render_the_documented_objects() {
     let script = c["args"][0].as_str().unwrap();
     assert!(
         script.contains("agentcell node install --host-root=/host"),
+        "{script}"
+    );
+    // The default nodes get the micro-VM tier too, from the image's VM directory.
+    assert!(
+        script.contains(" --microvm --vm-assets=/usr/local/share/agentcell/vm "),
         "{script}"
     );
     assert_eq!(
@@ -284,6 +293,8 @@ fn the_values_matrix_changes_what_it_says() {
     let ci = |f: &str| chart().join("ci").join(f).to_string_lossy().into_owned();
     let vm_off = docs(&template(&["-f", &ci("microvm-disabled.yaml")]).unwrap());
     assert_eq!(find(&vm_off, "RuntimeClass").len(), 1);
+    // No micro-VM class: no VM runtime on the nodes either.
+    assert!(!installer_script(&vm_off).contains("--microvm"));
 
     let names = docs(&template(&["-f", &ci("custom-names.yaml")]).unwrap());
     let rcs: Vec<_> = find(&names, "RuntimeClass")
@@ -316,6 +327,8 @@ fn the_values_matrix_changes_what_it_says() {
         one(&names, "Deployment")["metadata"]["name"],
         "sbx-operator"
     );
+    // The class names Kata: the nodes get only the container tier.
+    assert!(!installer_script(&names).contains("--microvm"));
 
     let policy = docs(&template(&["-f", &ci("default-policy.yaml")]).unwrap());
     let toml = one(&policy, "ConfigMap")["data"]["shim.toml"]
@@ -360,6 +373,34 @@ fn the_values_matrix_changes_what_it_says() {
     );
 }
 
+fn installer_script(objs: &[Value]) -> String {
+    one(objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn node_microvm_controls_the_installer_s_vm_tier() {
+    let off = docs(&template(&["--set", "node.microvm.enabled=false"]).unwrap());
+    let script = installer_script(&off);
+    assert!(
+        script.contains("agentcell node install --host-root=/host"),
+        "{script}"
+    );
+    assert!(!script.contains("--microvm"), "{script}");
+    assert!(!script.contains("--vm-assets"), "{script}");
+    // The class stays: it may name a VM runtime installed some other way.
+    assert_eq!(find(&off, "RuntimeClass").len(), 2);
+
+    let moved = docs(&template(&["--set", "node.microvm.assetsDir=/opt/vm"]).unwrap());
+    let script = installer_script(&moved);
+    assert!(
+        script.contains(" --microvm --vm-assets=/opt/vm "),
+        "{script}"
+    );
+}
+
 #[test]
 fn the_values_schema_rejects_bad_values() {
     for (set, field) in [
@@ -368,6 +409,8 @@ fn the_values_schema_rejects_bad_values() {
         ("runtimeClasses.container.handler=runc", "handler"),
         ("runtimeClasses.container.name=Not_A_Name", "name"),
         ("node.containerdConfig=relative.toml", "containerdConfig"),
+        ("node.microvm.assetsDir=vm", "assetsDir"),
+        ("node.microvm.enabled=yes", "enabled"),
         ("operator.replcas=3", "replcas"),
     ] {
         let e = template(&["--set", set]).expect_err(set);

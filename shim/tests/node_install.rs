@@ -340,3 +340,354 @@ fn bad_inputs_are_refused_before_anything_is_written() {
     assert_eq!(snapshot(&r), before);
     std::fs::remove_dir_all(&r).unwrap();
 }
+
+/// A fake micro-VM shim binary.
+fn fake_vm_shim(dir: &Path) -> PathBuf {
+    let f = dir.join("shim-src/containerd-shim-agentcell-vm-v2");
+    std::fs::write(&f, b"\x7fELF fake vm shim for the installer test\n").unwrap();
+    f
+}
+
+/// A VM directory as `agentcell vm install-kernel --dir` and `install-agent --dir` leave it
+/// (fake bytes: nothing boots here), plus what must not be copied: the shim's initramfs cache
+/// and the hidden work directory of an interrupted install-kernel.
+fn fake_vm_assets(dir: &Path) -> PathBuf {
+    let d = dir.join("shim-src/vm");
+    std::fs::create_dir_all(d.join("kernel/modules/kernel/fs/9p")).unwrap();
+    std::fs::create_dir_all(d.join("cache")).unwrap();
+    std::fs::create_dir_all(d.join(".install-1/root")).unwrap();
+    let agent = d.join("agentcell-guest");
+    std::fs::write(&agent, b"\x7fELF fake guest agent\n").unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(d.join("kernel/vmlinuz"), b"fake bzImage\n").unwrap();
+    // Bigger than one copy chunk, so the chunked compare and copy run more than once.
+    let vmlinux: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(d.join("kernel/vmlinux"), vmlinux).unwrap();
+    std::fs::write(d.join("kernel/modules/kernel/fs/9p/9p.ko"), b"fake 9p\n").unwrap();
+    std::fs::write(
+        d.join("kernel/modules/modules.dep"),
+        "kernel/fs/9p/9p.ko:\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("kernel/modules/modules.builtin"), "").unwrap();
+    std::fs::write(
+        d.join("kernel/manifest.json"),
+        r#"{"release":"6.1.0-99-amd64","package":"linux-image-6.1.0-99-amd64","version":"6.1.99-1","deb_sha256":"00","vmlinuz_sha256":"00","modules":["kernel/fs/9p/9p.ko"]}"#,
+    )
+    .unwrap();
+    std::fs::write(d.join("cache/initramfs-0.cpio"), b"cache\n").unwrap();
+    std::fs::write(d.join(".install-1/root/junk"), b"junk\n").unwrap();
+    d
+}
+
+fn status(root: &Path) -> (bool, Value) {
+    let out = agentcell(&[
+        "node",
+        "status",
+        "--host-root",
+        root.to_str().unwrap(),
+        "--check",
+        "--json",
+    ]);
+    let v = serde_json::from_slice(&out.stdout).unwrap();
+    (out.status.success(), v)
+}
+
+const VM_FILES: &[&str] = &[
+    "agentcell-guest",
+    "kernel/manifest.json",
+    "kernel/modules/kernel/fs/9p/9p.ko",
+    "kernel/modules/modules.builtin",
+    "kernel/modules/modules.dep",
+    "kernel/vmlinux",
+    "kernel/vmlinuz",
+];
+
+#[test]
+fn microvm_install_adds_the_vm_tier_and_uninstall_restores_everything() {
+    let r = root("vm");
+    std::fs::create_dir_all(r.join("var/lib")).unwrap();
+    std::fs::write(r.join("etc/containerd/config.toml"), DEBIAN_16).unwrap();
+    let shim = fake_shim(&r);
+    let vm_shim = fake_vm_shim(&r);
+    let assets = fake_vm_assets(&r);
+    let before = snapshot(&r);
+    let vm_args = [
+        "--no-restart",
+        "--microvm",
+        "--vm-shim",
+        vm_shim.to_str().unwrap(),
+        "--vm-assets",
+        assets.to_str().unwrap(),
+    ];
+
+    let rep = install(&r, &shim, "1.6.20", &vm_args);
+    assert_eq!(rep["changed"], true, "{rep}");
+    assert_eq!(
+        rep["vm_section"],
+        "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell-vm"
+    );
+    assert_eq!(rep["vm_kernel_release"], "6.1.0-99-amd64");
+    // Both runtimes in the one marked block, each naming the same shim.toml.
+    let cfg = read(&r, "etc/containerd/config.toml");
+    assert!(cfg.starts_with(DEBIAN_16), "{cfg}");
+    assert_eq!(cfg.matches("# BEGIN agentcell").count(), 1, "{cfg}");
+    assert!(cfg.contains(
+        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell-vm]\n  runtime_type = \"io.containerd.agentcell-vm.v2\"\n  pod_annotations = [\"agentcell.dev/*\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell-vm.options]\n  ConfigPath = \"/etc/agentcell/shim.toml\"\n# END agentcell\n"
+    ), "{cfg}");
+    assert_eq!(
+        std::fs::read(r.join("usr/local/bin/containerd-shim-agentcell-vm-v2")).unwrap(),
+        std::fs::read(&vm_shim).unwrap()
+    );
+    for f in VM_FILES {
+        let host = r.join("var/lib/agentcell/vm").join(f);
+        assert_eq!(
+            std::fs::read(&host).unwrap_or_else(|e| panic!("{}: {e}", host.display())),
+            std::fs::read(assets.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let mode = |p: &str| {
+        std::fs::metadata(r.join("var/lib/agentcell/vm").join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("agentcell-guest"), 0o755);
+    assert_eq!(mode("kernel/vmlinux"), 0o644);
+    assert!(!r.join("var/lib/agentcell/vm/cache").exists());
+    assert!(!r.join("var/lib/agentcell/vm/.install-1").exists());
+
+    // No qemu on the fixture host: installed, but not healthy, and the status says why.
+    let (ok_, st) = status(&r);
+    assert!(!ok_, "{st}");
+    assert_eq!(st["microvm"]["shim"], true, "{st}");
+    assert_eq!(st["microvm"]["runtime"], true, "{st}");
+    assert_eq!(st["microvm"]["assets"], true, "{st}");
+    assert_eq!(st["microvm"]["kernel_release"], "6.1.0-99-amd64");
+    assert_eq!(st["microvm"]["qemu"], Value::Null);
+    let problems = st["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{st}");
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .starts_with("qemu-system-x86_64 not found on the host's PATH"),
+        "{st}"
+    );
+    // With qemu on the host's PATH the node is ready.
+    let qemu = r.join("usr/bin/qemu-system-x86_64");
+    std::fs::write(&qemu, b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok_, st) = status(&r);
+    assert!(ok_, "{st}");
+    assert_eq!(st["microvm"]["qemu"], "/usr/bin/qemu-system-x86_64");
+    std::fs::remove_file(&qemu).unwrap();
+
+    // Second run: nothing changes.
+    let after_first = snapshot(&r);
+    let rep = install(&r, &shim, "1.6.20", &vm_args);
+    assert_eq!(rep["changed"], false, "{rep}");
+    assert_eq!(rep["restart"], "not-needed");
+    assert_eq!(snapshot(&r), after_first);
+
+    // The VM shim made its initramfs cache on the host: it goes with the assets.
+    std::fs::create_dir_all(r.join("var/lib/agentcell/vm/cache")).unwrap();
+    std::fs::write(
+        r.join("var/lib/agentcell/vm/cache/initramfs-1.cpio"),
+        b"cache\n",
+    )
+    .unwrap();
+    let rep = uninstall(&r);
+    assert_eq!(rep["warnings"], Value::Array(vec![]), "{rep}");
+    assert_eq!(snapshot(&r), before, "uninstall left the host different");
+    std::fs::remove_dir_all(&r).unwrap();
+}
+
+#[test]
+fn installing_without_microvm_after_it_takes_the_vm_tier_back() {
+    let r = root("vmoff");
+    std::fs::write(r.join("etc/containerd/config.toml"), DEBIAN_16).unwrap();
+    let shim = fake_shim(&r);
+    let vm_shim = fake_vm_shim(&r);
+    let assets = fake_vm_assets(&r);
+    let before = snapshot(&r);
+    install(&r, &shim, "1.7.27", &["--no-restart"]);
+    let container_only = snapshot(&r);
+    install(
+        &r,
+        &shim,
+        "1.7.27",
+        &[
+            "--no-restart",
+            "--microvm",
+            "--vm-shim",
+            vm_shim.to_str().unwrap(),
+            "--vm-assets",
+            assets.to_str().unwrap(),
+        ],
+    );
+    assert!(read(&r, "etc/containerd/config.toml").contains("runtimes.agentcell-vm]"));
+    let rep = install(&r, &shim, "1.7.27", &["--no-restart"]);
+    assert_eq!(rep["changed"], true, "{rep}");
+    // containerd's file changed back: it needs a restart (skipped here).
+    assert_eq!(rep["restart"], "skipped", "{rep}");
+    let removed: Vec<_> = rep["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["action"] == "removed")
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        removed.contains(&"/usr/local/bin/containerd-shim-agentcell-vm-v2".to_owned()),
+        "{rep}"
+    );
+    assert!(
+        removed.contains(&"/var/lib/agentcell/vm/kernel/vmlinux".to_owned()),
+        "{rep}"
+    );
+    // The files are as the container-only install left them (its directories stay recorded
+    // until uninstall, empty).
+    let now = snapshot(&r);
+    let files = |s: &BTreeMap<String, (u32, Option<Vec<u8>>)>| {
+        s.iter()
+            .filter(|(k, v)| v.1.is_some() && !k.ends_with("node-install.json"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    assert_eq!(files(&now), files(&container_only));
+    let (_, st) = status(&r);
+    assert_eq!(st["microvm"], Value::Null, "{st}");
+    assert_eq!(st["healthy"], true, "{st}");
+    uninstall(&r);
+    assert_eq!(snapshot(&r), before);
+    std::fs::remove_dir_all(&r).unwrap();
+}
+
+#[test]
+fn microvm_drop_in_and_a_host_s_own_vm_files_are_restored() {
+    let r = root("vmdrop");
+    std::fs::write(r.join("etc/containerd/config.toml"), V3_WITH_IMPORTS).unwrap();
+    // A VM directory installed by hand before (the README's manual steps): its agent is
+    // replaced by the install and comes back with uninstall.
+    std::fs::create_dir_all(r.join("var/lib/agentcell/vm")).unwrap();
+    std::fs::write(
+        r.join("var/lib/agentcell/vm/agentcell-guest"),
+        b"older agent\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        r.join("var/lib/agentcell/vm/agentcell-guest"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let shim = fake_shim(&r);
+    let vm_shim = fake_vm_shim(&r);
+    let assets = fake_vm_assets(&r);
+    let before = snapshot(&r);
+    let rep = install(
+        &r,
+        &shim,
+        "2.0.4",
+        &[
+            "--no-restart",
+            "--microvm",
+            "--vm-shim",
+            vm_shim.to_str().unwrap(),
+            "--vm-assets",
+            assets.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rep["mode"], "drop-in", "{rep}");
+    assert_eq!(read(&r, "etc/containerd/config.toml"), V3_WITH_IMPORTS);
+    let drop_in = read(&r, "etc/containerd/conf.d/agentcell.toml");
+    assert!(drop_in.contains("version = 3\n"), "{drop_in}");
+    assert!(
+        drop_in.contains(
+            "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.agentcell-vm]\n  runtime_type = \"io.containerd.agentcell-vm.v2\""
+        ),
+        "{drop_in}"
+    );
+    assert_eq!(
+        std::fs::read(r.join("var/lib/agentcell/vm/agentcell-guest")).unwrap(),
+        std::fs::read(assets.join("agentcell-guest")).unwrap()
+    );
+    let agent_change = rep["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/var/lib/agentcell/vm/agentcell-guest")
+        .cloned();
+    assert_eq!(agent_change.unwrap()["action"], "replaced", "{rep}");
+    // The agent takes the source's mode, not the 0644 of the file it replaced.
+    let mode = std::fs::metadata(r.join("var/lib/agentcell/vm/agentcell-guest"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    uninstall(&r);
+    assert_eq!(snapshot(&r), before);
+    std::fs::remove_dir_all(&r).unwrap();
+}
+
+#[test]
+fn microvm_with_missing_assets_is_refused_naming_the_path() {
+    let r = root("vmbad");
+    std::fs::write(r.join("etc/containerd/config.toml"), DEBIAN_16).unwrap();
+    let shim = fake_shim(&r);
+    let vm_shim = fake_vm_shim(&r);
+    let assets = fake_vm_assets(&r);
+    let before = snapshot(&r);
+    let try_install = |extra: &[&str]| {
+        let mut args = vec![
+            "node",
+            "install",
+            "--host-root",
+            r.to_str().unwrap(),
+            "--shim",
+            shim.to_str().unwrap(),
+            "--containerd-version",
+            "1.6.20",
+            "--no-restart",
+        ];
+        args.extend_from_slice(extra);
+        let out = agentcell(&args);
+        assert!(!out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let with_assets = |dir: &Path| {
+        try_install(&[
+            "--microvm",
+            "--vm-shim",
+            vm_shim.to_str().unwrap(),
+            "--vm-assets",
+            dir.to_str().unwrap(),
+        ])
+    };
+
+    std::fs::remove_file(assets.join("agentcell-guest")).unwrap();
+    let err = with_assets(&assets);
+    let want = format!(
+        "{}: micro-VM assets: missing",
+        assets.join("agentcell-guest").display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    let no_kernel = r.join("shim-src/no-kernel");
+    std::fs::create_dir_all(&no_kernel).unwrap();
+    std::fs::write(no_kernel.join("agentcell-guest"), b"agent\n").unwrap();
+    let err = with_assets(&no_kernel);
+    let want = format!(
+        "{}: micro-VM assets: missing",
+        no_kernel.join("kernel/manifest.json").display()
+    );
+    assert!(err.contains(&want), "{err}");
+
+    // --microvm names its assets.
+    let err = try_install(&["--microvm"]);
+    assert!(err.contains("--vm-assets"), "{err}");
+    assert_eq!(snapshot(&r), before, "a refused install wrote something");
+    std::fs::remove_dir_all(&r).unwrap();
+}

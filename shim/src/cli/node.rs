@@ -18,6 +18,10 @@ pub enum NodeCommand {
     ///
     /// Running it again with the same inputs changes nothing. It does not label the node: the
     /// RuntimeClasses schedule onto nodes labelled `agentcell.dev/node=true` (kubectl label).
+    ///
+    /// With `--microvm --vm-assets DIR` it also installs the micro-VM tier: the VM shim, the
+    /// `agentcell-vm` runtime, and the guest kernel and agent in /var/lib/agentcell/vm. The host
+    /// needs qemu-system-x86_64 for it, which the installer does not install (`status` reports it).
     Install(InstallArgs),
     /// Put back every file `install` wrote, byte for byte, and remove what it created.
     Uninstall(CommonArgs),
@@ -40,6 +44,10 @@ pub struct LayoutArgs {
     /// Directory of the install record (node-install.json) and the backups.
     #[arg(long, value_name = "DIR", default_value = node::STATE_DIR)]
     state_dir: String,
+    /// Directory the micro-VM assets are copied to (`--microvm`). The VM shim reads
+    /// /var/lib/agentcell/vm unless containerd's environment sets AGENTCELL_VM_DIR.
+    #[arg(long, value_name = "DIR", default_value = node::VM_DIR)]
+    vm_dir: String,
 }
 
 impl LayoutArgs {
@@ -48,6 +56,7 @@ impl LayoutArgs {
             ("--shim-dir", &self.shim_dir),
             ("--shim-config-path", &self.shim_config_path),
             ("--state-dir", &self.state_dir),
+            ("--vm-dir", &self.vm_dir),
         ] {
             if !p.starts_with('/') {
                 bail!("{flag} {p}: must be absolute on the host");
@@ -57,6 +66,7 @@ impl LayoutArgs {
         h.shim_dir = self.shim_dir.clone();
         h.shim_toml = self.shim_config_path.clone();
         h.state_dir = self.state_dir.clone();
+        h.vm_dir = self.vm_dir.clone();
         Ok(h)
     }
 }
@@ -113,13 +123,25 @@ pub struct InstallArgs {
     /// shim.toml `idle_exit_seconds`.
     #[arg(long, value_name = "SECONDS")]
     idle_exit_seconds: Option<u64>,
+    /// Also install the micro-VM tier (`agentcell-vm` runtime, VM shim, guest assets).
+    #[arg(long, requires = "vm_assets")]
+    microvm: bool,
+    /// The micro-VM tier's shim (default: containerd-shim-agentcell-vm-v2 next to this program).
+    #[arg(long, value_name = "PATH", requires = "microvm")]
+    vm_shim: Option<PathBuf>,
+    /// A VM directory with the guest kernel and agent to copy to the host, as
+    /// `agentcell vm install-kernel --dir DIR` and `agentcell vm install-agent PATH --dir DIR`
+    /// leave it.
+    #[arg(long, value_name = "DIR", requires = "microvm")]
+    vm_assets: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     layout: LayoutArgs,
-    /// Exit 1 unless installed and every file is as the install wrote it (readiness probe).
+    /// Exit 1 unless installed, every file is as the install wrote it and, with the micro-VM
+    /// tier, its shim, runtime, assets and the host's qemu are there (readiness probe).
     #[arg(long)]
     check: bool,
     #[arg(long)]
@@ -179,11 +201,25 @@ fn shim_toml_from_flags(a: &InstallArgs) -> String {
 }
 
 fn install(a: InstallArgs) -> Result<ExitCode> {
+    let beside_me = |name: &str| -> Result<PathBuf> {
+        Ok(std::env::current_exe()
+            .context("locating this program")?
+            .with_file_name(name))
+    };
     let shim = match &a.shim {
         Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .context("locating this program")?
-            .with_file_name("containerd-shim-agentcell-v2"),
+        None => beside_me(node::SHIM_NAME)?,
+    };
+    let microvm = match (a.microvm, &a.vm_assets) {
+        (true, Some(assets)) => Some(node::MicrovmSpec {
+            shim: match &a.vm_shim {
+                Some(p) => p.clone(),
+                None => beside_me(node::VM_SHIM_NAME)?,
+            },
+            assets: assets.clone(),
+        }),
+        (true, None) => bail!("--microvm needs --vm-assets DIR"),
+        (false, _) => None,
     };
     let shim_toml = match &a.shim_config_from {
         Some(f) => std::fs::read_to_string(f).with_context(|| format!("{}", f.display()))?,
@@ -202,6 +238,7 @@ fn install(a: InstallArgs) -> Result<ExitCode> {
         containerd_version: a.containerd_version.clone(),
         shim_toml,
         restart: restart_mode(&a.common),
+        microvm,
     };
     let report = node::install(&host, &spec).with_context(|| {
         format!(
@@ -220,8 +257,17 @@ fn install(a: InstallArgs) -> Result<ExitCode> {
             report.mode,
             report.containerd_file
         );
+        if let Some(section) = &report.vm_section {
+            println!(
+                "micro-VM tier: runtime {section}, guest kernel {}",
+                report.vm_kernel_release.as_deref().unwrap_or("?")
+            );
+        }
         for f in &report.files {
-            println!("  {:<10} {}", f.action, f.path);
+            println!("  {:<13} {}", f.action, f.path);
+        }
+        for w in &report.warnings {
+            println!("warning: {w}");
         }
         println!("containerd restart: {:?}", report.restart);
         println!(
@@ -271,6 +317,20 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
         for (path, s) in &report.files {
             println!("  {s:<12} {path}");
         }
+        if let Some(vm) = &report.microvm {
+            println!(
+                "micro-VM tier: shim {}, runtime {}, assets {} (guest kernel {}), qemu {}",
+                present(vm.shim),
+                present(vm.runtime),
+                present(vm.assets),
+                vm.kernel_release.as_deref().unwrap_or("none"),
+                vm.qemu.as_deref().unwrap_or("not found")
+            );
+        }
+        // On stdout: the readiness probe's failure message in the pod's events.
+        for p in &report.problems {
+            println!("problem: {p}");
+        }
         println!("healthy: {}", report.healthy);
     }
     Ok(if a.check && !report.healthy {
@@ -278,6 +338,10 @@ fn status(a: StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn present(yes: bool) -> &'static str {
+    if yes { "present" } else { "missing" }
 }
 
 fn print_json(v: &impl Serialize) -> Result<()> {

@@ -1,13 +1,16 @@
 //! Pure text transforms of containerd's configuration: which section a containerd version takes,
-//! the `agentcell` runtime block, drop-in detection from `imports`, and the marked, reversible
-//! inline edit. No file system access here, so every case is a unit test.
+//! the `agentcell` (and, with `--microvm`, `agentcell-vm`) runtime block, drop-in detection from
+//! `imports`, and the marked, reversible inline edit. No file system access here, so every case
+//! is a unit test.
 
 use std::path::{Path, PathBuf};
 
-use crate::containerd::RUNTIME_TYPE;
+use crate::containerd::{RUNTIME_TYPE, RUNTIME_TYPE_VM};
 
 /// The CRI runtime (and RuntimeClass handler) name the installer writes.
 pub const RUNTIME_NAME: &str = "agentcell";
+/// The micro-VM tier's CRI runtime (and RuntimeClass handler) name.
+pub const VM_RUNTIME_NAME: &str = "agentcell-vm";
 /// First line of the inline block: `uninstall` and a second `install` find the block by it.
 pub const BEGIN: &str =
     "# BEGIN agentcell: written by `agentcell node install`, removed by `agentcell node uninstall`";
@@ -30,9 +33,13 @@ pub enum NodeConfigError {
     )]
     NoFileVersion { path: String },
     #[error(
-        "{path}: {section}: a runtime named agentcell is already configured outside agentcell's marked block; remove it (or the block's markers were edited)"
+        "{path}: {section}: a runtime named {name} is already configured outside agentcell's marked block; remove it (or the block's markers were edited)"
     )]
-    Foreign { path: String, section: String },
+    Foreign {
+        path: String,
+        section: String,
+        name: &'static str,
+    },
     #[error("{path}: {BEGIN:?} without a matching {END:?}: the marked block was edited by hand")]
     Unterminated { path: String },
     #[error("{path}: the edited file does not define {section}: {message}")]
@@ -69,10 +76,12 @@ impl ConfigVersion {
 
     /// The TOML table of the agentcell runtime.
     pub fn section(self) -> String {
-        format!(
-            "plugins.\"{}\".containerd.runtimes.{RUNTIME_NAME}",
-            self.plugin()
-        )
+        self.section_of(RUNTIME_NAME)
+    }
+
+    /// The TOML table of the runtime `name`.
+    pub fn section_of(self, name: &str) -> String {
+        format!("plugins.\"{}\".containerd.runtimes.{name}", self.plugin())
     }
 
     /// The format a containerd release writes by default (`containerd config default`).
@@ -106,20 +115,50 @@ pub fn parse_containerd_version(output: &str) -> Result<String, NodeConfigError>
     Err(NodeConfigError::NoVersion(output.trim().to_owned()))
 }
 
-/// The runtime's TOML, in the quoting of the format's own documentation.
-pub fn runtime_block(v: ConfigVersion, shim_config: &str) -> String {
-    let section = v.section();
+/// Which runtimes the installer writes: the container tier always, the micro-VM tier on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runtimes {
+    pub microvm: bool,
+}
+
+impl Runtimes {
+    pub const CONTAINER: Runtimes = Runtimes { microvm: false };
+    pub const BOTH: Runtimes = Runtimes { microvm: true };
+
+    /// (name, runtime_type) of each runtime written, in block order.
+    pub fn list(self) -> Vec<(&'static str, &'static str)> {
+        let mut out = vec![(RUNTIME_NAME, RUNTIME_TYPE)];
+        if self.microvm {
+            out.push((VM_RUNTIME_NAME, RUNTIME_TYPE_VM));
+        }
+        out
+    }
+}
+
+/// One runtime's TOML, in the quoting of the format's own documentation. Both tiers read the
+/// same shim.toml (`ConfigPath`), so one set of node settings covers both.
+fn one_runtime(v: ConfigVersion, name: &str, runtime_type: &str, shim_config: &str) -> String {
+    let section = v.section_of(name);
     format!(
-        "[{section}]\n  runtime_type = \"{RUNTIME_TYPE}\"\n  pod_annotations = [\"agentcell.dev/*\"]\n[{section}.options]\n  ConfigPath = \"{shim_config}\"\n"
+        "[{section}]\n  runtime_type = \"{runtime_type}\"\n  pod_annotations = [\"agentcell.dev/*\"]\n[{section}.options]\n  ConfigPath = \"{shim_config}\"\n"
     )
 }
 
-/// A drop-in file: the same format version as the main file, then the runtime.
-pub fn drop_in_text(v: ConfigVersion, shim_config: &str) -> String {
+/// The runtimes' TOML, the container tier's first.
+pub fn runtime_block(v: ConfigVersion, shim_config: &str, runtimes: Runtimes) -> String {
+    runtimes
+        .list()
+        .into_iter()
+        .map(|(name, ty)| one_runtime(v, name, ty, shim_config))
+        .collect()
+}
+
+/// A drop-in file: the same format version as the main file, then the runtimes.
+pub fn drop_in_text(v: ConfigVersion, shim_config: &str, runtimes: Runtimes) -> String {
     format!(
         "# Written by `agentcell node install`; removed by `agentcell node uninstall`.\nversion = {}\n\n{}",
         v.number(),
-        runtime_block(v, shim_config)
+        runtime_block(v, shim_config, runtimes)
     )
 }
 
@@ -216,7 +255,7 @@ fn find_line(text: &str, line: &str) -> Option<usize> {
     None
 }
 
-fn lookup(table: &toml::Table, v: ConfigVersion) -> Option<&toml::Table> {
+fn lookup<'a>(table: &'a toml::Table, v: ConfigVersion, name: &str) -> Option<&'a toml::Table> {
     table
         .get("plugins")?
         .as_table()?
@@ -226,25 +265,33 @@ fn lookup(table: &toml::Table, v: ConfigVersion) -> Option<&toml::Table> {
         .as_table()?
         .get("runtimes")?
         .as_table()?
-        .get(RUNTIME_NAME)?
+        .get(name)?
         .as_table()
 }
 
 /// `text` with the runtime block appended (an earlier block replaced): the same input always
 /// gives the same output, so a second install changes nothing. The result is parsed back to
-/// prove containerd will see the runtime.
+/// prove containerd will see the runtimes.
 pub fn edit_inline(
     path: &str,
     text: &str,
     v: ConfigVersion,
     shim_config: &str,
+    runtimes: Runtimes,
 ) -> Result<String, NodeConfigError> {
     let (base, _) = strip_block(path, text)?;
-    if lookup(&parse(path, &base)?, v).is_some() {
-        return Err(NodeConfigError::Foreign {
-            path: path.to_owned(),
-            section: v.section(),
-        });
+    let table = parse(path, &base)?;
+    // A runtime of the same name outside the block would make containerd refuse the file
+    // (a table defined twice); one the install does not write (agentcell-vm, without
+    // --microvm) is the administrator's and is left alone.
+    for (name, _) in runtimes.list() {
+        if lookup(&table, v, name).is_some() {
+            return Err(NodeConfigError::Foreign {
+                path: path.to_owned(),
+                section: v.section_of(name),
+                name,
+            });
+        }
     }
     let mut out = base;
     if out.is_empty() {
@@ -256,28 +303,43 @@ pub fn edit_inline(
     out.push('\n');
     out.push_str(BEGIN);
     out.push('\n');
-    out.push_str(&runtime_block(v, shim_config));
+    out.push_str(&runtime_block(v, shim_config, runtimes));
     out.push_str(END);
     out.push('\n');
-    verify(path, &out, v, shim_config)?;
+    verify(path, &out, v, shim_config, runtimes)?;
     Ok(out)
 }
 
-/// The runtime as containerd will read it from `text`.
+/// The runtimes as containerd will read them from `text`.
 pub fn verify(
     path: &str,
     text: &str,
     v: ConfigVersion,
     shim_config: &str,
+    runtimes: Runtimes,
+) -> Result<(), NodeConfigError> {
+    for (name, runtime_type) in runtimes.list() {
+        verify_one(path, text, v, shim_config, name, runtime_type)?;
+    }
+    Ok(())
+}
+
+fn verify_one(
+    path: &str,
+    text: &str,
+    v: ConfigVersion,
+    shim_config: &str,
+    name: &str,
+    runtime_type: &str,
 ) -> Result<(), NodeConfigError> {
     let fail = |message: &str| NodeConfigError::Verify {
         path: path.to_owned(),
-        section: v.section(),
+        section: v.section_of(name),
         message: message.to_owned(),
     };
     let table = parse(path, text).map_err(|e| fail(&e.to_string()))?;
-    let rt = lookup(&table, v).ok_or_else(|| fail("the table is missing"))?;
-    if rt.get("runtime_type").and_then(toml::Value::as_str) != Some(RUNTIME_TYPE) {
+    let rt = lookup(&table, v, name).ok_or_else(|| fail("the table is missing"))?;
+    if rt.get("runtime_type").and_then(toml::Value::as_str) != Some(runtime_type) {
         return Err(fail("runtime_type"));
     }
     let annotations = rt.get("pod_annotations").and_then(toml::Value::as_array);
@@ -295,11 +357,14 @@ pub fn verify(
     Ok(())
 }
 
-/// Whether `text` configures the agentcell runtime (anywhere: block, hand edit or drop-in).
-pub fn has_runtime(text: &str, v: ConfigVersion) -> bool {
-    text.parse::<toml::Table>()
-        .ok()
-        .is_some_and(|t| lookup(&t, v).is_some())
+/// Whether `text` configures the runtime `name` (anywhere: block, hand edit or drop-in) in the
+/// section of either format version (`status` does not know which containerd reads it).
+pub fn has_runtime(text: &str, name: &str) -> bool {
+    text.parse::<toml::Table>().ok().is_some_and(|t| {
+        [ConfigVersion::V2, ConfigVersion::V3]
+            .into_iter()
+            .any(|v| lookup(&t, v, name).is_some())
+    })
 }
 
 #[cfg(test)]
@@ -307,6 +372,8 @@ mod tests {
     use super::*;
 
     const SHIM: &str = "/etc/agentcell/shim.toml";
+    const C: Runtimes = Runtimes::CONTAINER;
+    const B: Runtimes = Runtimes::BOTH;
     const DEBIAN: &str = "version = 2\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      bin_dir = \"/usr/lib/cni\"\n      conf_dir = \"/etc/cni/net.d\"\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"/var/lib/containerd/opt\"\n";
 
     #[test]
@@ -348,15 +415,16 @@ mod tests {
     fn inline_edit_on_debian_config_is_idempotent_and_strips_back() {
         let v = file_version("c", DEBIAN, ConfigVersion::V3).unwrap();
         assert_eq!(v, ConfigVersion::V2, "the file's version wins");
-        let once = edit_inline("c", DEBIAN, v, SHIM).unwrap();
+        let once = edit_inline("c", DEBIAN, v, SHIM, C).unwrap();
         assert!(once.starts_with(DEBIAN));
         assert!(once.contains(
             "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell]\n  runtime_type = \"io.containerd.agentcell.v2\"\n  pod_annotations = [\"agentcell.dev/*\"]"
         ));
-        assert!(has_runtime(&once, v));
-        assert_eq!(edit_inline("c", &once, v, SHIM).unwrap(), once);
+        assert!(has_runtime(&once, RUNTIME_NAME));
+        assert!(!has_runtime(&once, VM_RUNTIME_NAME));
+        assert_eq!(edit_inline("c", &once, v, SHIM, C).unwrap(), once);
         assert_eq!(strip_block("c", &once).unwrap(), (DEBIAN.to_owned(), true));
-        assert!(!has_runtime(DEBIAN, v));
+        assert!(!has_runtime(DEBIAN, RUNTIME_NAME));
     }
 
     #[test]
@@ -364,9 +432,9 @@ mod tests {
         let text = "version = 3\nroot = \"/var/lib/containerd\"\n\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n";
         let v = file_version("c", text, ConfigVersion::V2).unwrap();
         assert_eq!(v, ConfigVersion::V3);
-        let out = edit_inline("c", text, v, SHIM).unwrap();
-        verify("c", &out, ConfigVersion::V3, SHIM).unwrap();
-        assert!(verify("c", &out, ConfigVersion::V2, SHIM).is_err());
+        let out = edit_inline("c", text, v, SHIM, C).unwrap();
+        verify("c", &out, ConfigVersion::V3, SHIM, C).unwrap();
+        assert!(verify("c", &out, ConfigVersion::V2, SHIM, C).is_err());
     }
 
     #[test]
@@ -375,9 +443,9 @@ mod tests {
             file_version("c", "", ConfigVersion::V3).unwrap(),
             ConfigVersion::V3
         );
-        let out = edit_inline("c", "", ConfigVersion::V3, SHIM).unwrap();
+        let out = edit_inline("c", "", ConfigVersion::V3, SHIM, C).unwrap();
         assert!(out.starts_with("version = 3\n"));
-        verify("c", &out, ConfigVersion::V3, SHIM).unwrap();
+        verify("c", &out, ConfigVersion::V3, SHIM, C).unwrap();
     }
 
     #[test]
@@ -398,17 +466,17 @@ mod tests {
 
     #[test]
     fn a_hand_written_runtime_is_not_duplicated() {
-        let text = format!("{DEBIAN}\n{}", runtime_block(ConfigVersion::V2, SHIM));
-        let e = edit_inline("c", &text, ConfigVersion::V2, SHIM).unwrap_err();
+        let text = format!("{DEBIAN}\n{}", runtime_block(ConfigVersion::V2, SHIM, C));
+        let e = edit_inline("c", &text, ConfigVersion::V2, SHIM, C).unwrap_err();
         assert!(matches!(e, NodeConfigError::Foreign { .. }), "{e}");
     }
 
     #[test]
     fn a_file_without_final_newline_round_trips_through_the_block() {
         let text = "version = 2\nroot = \"/x\"";
-        let out = edit_inline("c", text, ConfigVersion::V2, SHIM).unwrap();
+        let out = edit_inline("c", text, ConfigVersion::V2, SHIM, C).unwrap();
         assert_eq!(
-            edit_inline("c", &out, ConfigVersion::V2, SHIM).unwrap(),
+            edit_inline("c", &out, ConfigVersion::V2, SHIM, C).unwrap(),
             out
         );
         // Stripping gives the text plus the newline the edit added; the installer's backup
@@ -418,7 +486,7 @@ mod tests {
 
     #[test]
     fn an_edited_block_is_reported() {
-        let out = edit_inline("c", DEBIAN, ConfigVersion::V2, SHIM).unwrap();
+        let out = edit_inline("c", DEBIAN, ConfigVersion::V2, SHIM, C).unwrap();
         let broken = out.replace(END, "# the end");
         assert!(matches!(
             strip_block("c", &broken),
@@ -440,8 +508,86 @@ mod tests {
             Some(PathBuf::from("/etc/containerd/conf.d"))
         );
         assert_eq!(drop_in_dir("c", DEBIAN, dir).unwrap(), None);
-        let d = drop_in_text(ConfigVersion::V3, SHIM);
+        let d = drop_in_text(ConfigVersion::V3, SHIM, C);
         assert!(d.contains("version = 3\n"));
-        verify("d", &d, ConfigVersion::V3, SHIM).unwrap();
+        verify("d", &d, ConfigVersion::V3, SHIM, C).unwrap();
+    }
+
+    #[test]
+    fn microvm_adds_the_vm_runtime_in_the_same_block_in_both_versions() {
+        for (text, v) in [
+            (DEBIAN, ConfigVersion::V2),
+            (
+                "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n",
+                ConfigVersion::V3,
+            ),
+        ] {
+            assert_eq!(file_version("c", text, ConfigVersion::V2).unwrap(), v);
+            let once = edit_inline("c", text, v, SHIM, B).unwrap();
+            let plugin = v.plugin();
+            let expected = format!(
+                "{BEGIN}\n[plugins.\"{plugin}\".containerd.runtimes.agentcell]\n  runtime_type = \"io.containerd.agentcell.v2\"\n  pod_annotations = [\"agentcell.dev/*\"]\n[plugins.\"{plugin}\".containerd.runtimes.agentcell.options]\n  ConfigPath = \"{SHIM}\"\n[plugins.\"{plugin}\".containerd.runtimes.agentcell-vm]\n  runtime_type = \"io.containerd.agentcell-vm.v2\"\n  pod_annotations = [\"agentcell.dev/*\"]\n[plugins.\"{plugin}\".containerd.runtimes.agentcell-vm.options]\n  ConfigPath = \"{SHIM}\"\n{END}\n"
+            );
+            assert!(once.starts_with(text), "{once}");
+            assert!(once.ends_with(&expected), "{once}");
+            // One marked block holds both: the markers appear once.
+            assert_eq!(once.matches(BEGIN).count(), 1);
+            verify("c", &once, v, SHIM, B).unwrap();
+            assert!(has_runtime(&once, VM_RUNTIME_NAME));
+            // Idempotent, and stripping gives the original bytes back.
+            assert_eq!(edit_inline("c", &once, v, SHIM, B).unwrap(), once);
+            assert_eq!(strip_block("c", &once).unwrap(), (text.to_owned(), true));
+            // Installing without --microvm afterwards drops the VM runtime from the block.
+            let container = edit_inline("c", &once, v, SHIM, C).unwrap();
+            assert_eq!(container, edit_inline("c", text, v, SHIM, C).unwrap());
+            assert!(!has_runtime(&container, VM_RUNTIME_NAME));
+            assert!(verify("c", &container, v, SHIM, B).is_err());
+        }
+    }
+
+    #[test]
+    fn the_microvm_drop_in_has_both_runtimes() {
+        for v in [ConfigVersion::V2, ConfigVersion::V3] {
+            let d = drop_in_text(v, SHIM, B);
+            assert!(d.contains(&format!("version = {}\n", v.number())), "{d}");
+            verify("d", &d, v, SHIM, B).unwrap();
+            let other = match v {
+                ConfigVersion::V2 => ConfigVersion::V3,
+                ConfigVersion::V3 => ConfigVersion::V2,
+            };
+            assert!(verify("d", &d, other, SHIM, B).is_err());
+            assert!(verify("d", &drop_in_text(v, SHIM, C), v, SHIM, B).is_err());
+        }
+    }
+
+    #[test]
+    fn a_hand_written_vm_runtime_is_refused_only_with_microvm() {
+        // The README used to tell administrators to add this section by hand.
+        let hand = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.agentcell-vm]\n  runtime_type = \"io.containerd.agentcell-vm.v2\"\n";
+        let text = format!("{DEBIAN}\n{hand}");
+        let e = edit_inline(
+            "/etc/containerd/config.toml",
+            &text,
+            ConfigVersion::V2,
+            SHIM,
+            B,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            NodeConfigError::Foreign {
+                path: "/etc/containerd/config.toml".into(),
+                section: ConfigVersion::V2.section_of(VM_RUNTIME_NAME),
+                name: VM_RUNTIME_NAME,
+            }
+        );
+        assert!(
+            e.to_string().contains("a runtime named agentcell-vm"),
+            "{e}"
+        );
+        // Without --microvm it is the administrator's runtime: kept as it is.
+        let out = edit_inline("c", &text, ConfigVersion::V2, SHIM, C).unwrap();
+        assert!(out.starts_with(&text));
+        assert_eq!(strip_block("c", &out).unwrap().0, text);
     }
 }
