@@ -84,6 +84,12 @@ fn lib() -> Option<&'static Lib> {
     .as_ref()
 }
 
+/// Loads libnftables ahead of the first ruleset (a thread does it while another makes the
+/// sandbox's namespace: about 0.6 ms off the start).
+pub fn preload() {
+    let _ = lib();
+}
+
 /// Runs one JSON command buffer through libnftables on a short-lived thread that entered the
 /// namespace at `netns` first (namespaces are per thread; the context's netlink socket is opened
 /// in the thread's namespace). Calls are serialized: libnftables keeps some global state.
@@ -193,16 +199,27 @@ pub fn nft_in(netns: &Path, args: &[&str], input: Option<&str>) -> Result<String
 /// kernel wait for an RCU grace period at commit (about 15 ms here): the delete is only sent when
 /// the table is already there (a pod namespace programmed again).
 pub fn install(netns: &Path, ruleset: &Value) -> Result<(), FenceError> {
+    replace(netns, ruleset, false)
+}
+
+/// [`install`] into a namespace this process has just made: it holds no table yet, so none is
+/// looked for (one libnftables context and kernel round trip less, about 0.5 ms).
+pub fn install_fresh(netns: &Path, ruleset: &Value) -> Result<(), FenceError> {
+    replace(netns, ruleset, true)
+}
+
+fn replace(netns: &Path, ruleset: &Value, fresh: bool) -> Result<(), FenceError> {
     // Through the nft command, asking first would cost a second process: delete unconditionally.
-    let present = lib().is_none() || {
-        let listed = nft_json_in(netns, r#"{"nftables": [{"list": {"tables": {}}}]}"#)?;
-        serde_json::from_str::<Value>(&listed)
-            .ok()
-            .and_then(|v| v["nftables"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .any(|o| o["table"]["family"] == "inet" && o["table"]["name"] == TABLE)
-    };
+    let present = !fresh
+        && (lib().is_none() || {
+            let listed = nft_json_in(netns, r#"{"nftables": [{"list": {"tables": {}}}]}"#)?;
+            serde_json::from_str::<Value>(&listed)
+                .ok()
+                .and_then(|v| v["nftables"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o["table"]["family"] == "inet" && o["table"]["name"] == TABLE)
+        });
     let mut cmds = Vec::new();
     if present {
         tracing::debug!(netns = %netns.display(), "replacing the namespace's existing fence");
@@ -266,7 +283,7 @@ mod tests {
         };
         let ns = Netns::new("accept");
         let rs = nft::ruleset(&plan.network, &rt);
-        install(&ns.path(), &rs).expect("the kernel accepts the ruleset");
+        install_fresh(&ns.path(), &rs).expect("the kernel accepts the ruleset");
         // Installing again replaces the table rather than duplicating its rules.
         install(&ns.path(), &rs).expect("idempotent");
         let listed = nft_in(&ns.path(), &["-j", "list", "ruleset"], None).unwrap();

@@ -66,45 +66,151 @@ impl SandboxNet {
     /// Creates the namespace `id`; with `uplink`, a veth pair to the host, addresses (IPv4, and
     /// IPv6 when the host has it), default routes and masquerading of its traffic.
     pub fn create(id: &str, uplink: bool) -> Result<Self, LinkError> {
-        Self::start(id)?.finish(uplink)
+        Self::start(id, uplink, true, |_| Ok::<(), LinkError>(()))?.finish()
     }
 
-    /// [`Self::create`] in two halves: the namespace is made on another thread meanwhile (the
-    /// runner prepares the view and the spec). Dropping the [`PendingNet`] unfinished destroys
-    /// what was made.
-    pub fn start(id: &str) -> Result<PendingNet, LinkError> {
-        Ok(PendingNet(start_netns(id)?))
+    /// [`Self::create`], then `then` (the fence), on a thread of its own while the caller goes
+    /// on (the runner prepares the view and the spec meanwhile). Link and fence are in place
+    /// once [`PendingNet::finish`] returns; dropping the [`PendingNet`] unfinished destroys what
+    /// was made.
+    ///
+    /// Finish before forking with raw `clone` (libcontainer's build): such a child inherits
+    /// whatever lock this thread holds at that instant (the allocator's, say) and hangs at its
+    /// next `fork` or log line.
+    pub fn start<E, F>(
+        id: &str,
+        uplink: bool,
+        link_first: bool,
+        then: F,
+    ) -> Result<PendingNet<E>, LinkError>
+    where
+        E: From<LinkError> + Send + 'static,
+        F: FnOnce(&mut SandboxNet) -> Result<(), E> + Send + 'static,
+    {
+        let err = |m: String| LinkError::Command {
+            cmd: format!("creating network namespace {id}"),
+            message: m,
+        };
+        std::fs::create_dir_all("/run/netns").map_err(|e| err(e.to_string()))?;
+        let path = netns_path(id);
+        std::fs::File::create(&path).map_err(|e| err(e.to_string()))?;
+        let target = std::ffi::CString::new(path.to_string_lossy().as_bytes())
+            .map_err(|e| err(e.to_string()))?;
+        let name = id.to_string();
+        let thread = std::thread::spawn(move || -> Result<SandboxNet, E> {
+            // libnftables (for the fence) loads while the namespace is made; joined before this
+            // thread ends, as everything it starts (see above: the caller forks after).
+            let preload = uplink.then(|| std::thread::spawn(super::fence::preload));
+            let made = made_and_connected(&name, &target, uplink, link_first, then);
+            if let Some(p) = preload {
+                let _ = p.join();
+            }
+            made
+        });
+        Ok(PendingNet {
+            name: id.to_string(),
+            thread: Some(thread),
+        })
     }
 }
 
-/// A sandbox network namespace being made (see [`SandboxNet::start`]).
-pub struct PendingNet(NetnsThread);
-
-impl PendingNet {
-    /// Waits for the namespace, then gives it its uplink when asked.
-    pub fn finish(self, uplink: bool) -> Result<SandboxNet, LinkError> {
-        let id = self.0.name.clone();
-        self.0.finish()?;
-        let mut net = SandboxNet {
-            name: id,
-            uplink: None,
-            proxy_forward: false,
-        };
-        if let Err(e) = net.configure(uplink) {
-            net.destroy();
-            return Err(e);
+/// The body of [`SandboxNet::start`]'s thread.
+fn made_and_connected<E, F>(
+    name: &str,
+    target: &std::ffi::CStr,
+    uplink: bool,
+    link_first: bool,
+    then: F,
+) -> Result<SandboxNet, E>
+where
+    E: From<LinkError>,
+    F: FnOnce(&mut SandboxNet) -> Result<(), E>,
+{
+    if let Err(e) = make_netns(target) {
+        let _ = delete_netns(name);
+        return Err(LinkError::Command {
+            cmd: format!("creating network namespace {name}"),
+            message: e.to_string(),
         }
-        Ok(net)
+        .into());
+    }
+    // From here on, an error drops `net`, which destroys the namespace and link.
+    let mut net = SandboxNet {
+        name: name.to_string(),
+        uplink: None,
+        proxy_forward: false,
+    };
+    if !uplink {
+        then(&mut net)?;
+        return Ok(net);
+    }
+    let up = net.reserve_uplink()?;
+    if link_first {
+        connect(&up, &net.path())?;
+        return then(&mut net).map(|()| net);
+    }
+    // The link (host side) and the fence (inside) are independent: made at once.
+    let path = net.path();
+    let (linked, fenced) = std::thread::scope(|s| {
+        let link = s.spawn(|| connect(&up, &path));
+        let fenced = then(&mut net);
+        (link.join(), fenced)
+    });
+    linked.unwrap_or_else(|_| {
+        Err(LinkError::Command {
+            cmd: "connecting the sandbox".into(),
+            message: "the link thread panicked".into(),
+        })
+    })?;
+    fenced?;
+    Ok(net)
+}
+
+/// A sandbox network namespace being made, connected and fenced (see [`SandboxNet::start`]).
+pub struct PendingNet<E: From<LinkError>> {
+    name: String,
+    thread: Option<std::thread::JoinHandle<Result<SandboxNet, E>>>,
+}
+
+impl<E: From<LinkError>> PendingNet<E> {
+    /// Waits until the namespace is connected and `then` has run; its result.
+    pub fn finish(mut self) -> Result<SandboxNet, E> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<SandboxNet, E> {
+        let Some(thread) = self.thread.take() else {
+            return Err(LinkError::Command {
+                cmd: format!("creating network namespace {}", self.name),
+                message: "already finished".into(),
+            }
+            .into());
+        };
+        thread.join().unwrap_or_else(|_| {
+            let _ = delete_netns(&self.name);
+            Err(LinkError::Command {
+                cmd: format!("creating network namespace {}", self.name),
+                message: "the network thread panicked".into(),
+            }
+            .into())
+        })
+    }
+}
+
+impl<E: From<LinkError>> Drop for PendingNet<E> {
+    fn drop(&mut self) {
+        // Never finished (the run failed first): wait for the thread; what it made goes with
+        // the `SandboxNet` it returns, or went when it failed.
+        if self.thread.is_some() {
+            drop(self.join());
+        }
     }
 }
 
 impl SandboxNet {
-    fn configure(&mut self, uplink: bool) -> Result<(), LinkError> {
-        if !uplink {
-            return Ok(());
-        }
-        let ns = self.name.clone();
-        let host_if = host_ifname(&ns);
+    /// Picks the sandbox's link name and addresses (a free /30 of 198.19.128.0/17, and a /64
+    /// of fdac::/16 when the host has IPv6); [`connect`] makes them.
+    fn reserve_uplink(&mut self) -> Result<Uplink, LinkError> {
         let (n, host_ip, sandbox_ip) = free_subnet()?;
         let v6 = Path::new("/proc/net/if_inet6").exists().then(|| {
             let n = n as u16;
@@ -113,53 +219,66 @@ impl SandboxNet {
                 Ipv6Addr::new(0xfdac, 0, n, 0, 0, 0, 0, 2),
             )
         });
-        self.uplink = Some(Uplink {
-            host_if: host_if.clone(),
+        let up = Uplink {
+            host_if: host_ifname(&self.name),
             host_ip,
             sandbox_ip,
             v6,
-        });
-        // Over rtnetlink in process: two sockets, the host's and one opened inside the sandbox's
-        // namespace (spawning `ip` cost about 3 ms a process).
-        let rt_err = |e: rtnl::RtnlError| LinkError::Command {
-            cmd: "rtnetlink".into(),
-            message: e.to_string(),
         };
-        let ns_file = std::fs::File::open(self.path()).map_err(|e| LinkError::Command {
-            cmd: format!("open {}", self.path().display()),
-            message: e.to_string(),
-        })?;
-        let mut host = Rtnl::open().map_err(rt_err)?;
-        host.add_veth(&host_if, "eth0", std::os::fd::AsRawFd::as_raw_fd(&ns_file))
-            .map_err(rt_err)?;
-        let host_index = host.link_index(&host_if).map_err(rt_err)?;
-        host.add_addr(host_index, IpAddr::V4(host_ip), 30, false)
-            .map_err(rt_err)?;
-        if let Some((h6, _)) = v6 {
-            host.add_addr(host_index, IpAddr::V6(h6), 64, true)
-                .map_err(rt_err)?;
-        }
-        host.set_up(host_index).map_err(rt_err)?;
-        let mut inside = Rtnl::open_in(&self.path()).map_err(rt_err)?;
-        let index = inside.link_index("eth0").map_err(rt_err)?;
-        inside
-            .add_addr(index, IpAddr::V4(sandbox_ip), 30, false)
-            .map_err(rt_err)?;
-        if let Some((_, s6)) = v6 {
-            inside
-                .add_addr(index, IpAddr::V6(s6), 64, true)
-                .map_err(rt_err)?;
-        }
-        inside.set_up(index).map_err(rt_err)?;
-        inside
-            .add_default_route(IpAddr::V4(host_ip))
-            .map_err(rt_err)?;
-        if let Some((h6, _)) = v6 {
-            inside.add_default_route(IpAddr::V6(h6)).map_err(rt_err)?;
-        }
-        enable_forwarding_and_nat(v6.is_some())
+        self.uplink = Some(up.clone());
+        Ok(up)
     }
+}
 
+/// Makes the uplink `up` of the namespace at `netns`: the veth pair, its addresses and default
+/// routes, host forwarding and masquerading.
+fn connect(up: &Uplink, netns: &Path) -> Result<(), LinkError> {
+    // Over rtnetlink in process: two sockets, the host's and one opened inside the sandbox's
+    // namespace (spawning `ip` cost about 3 ms a process).
+    let rt_err = |e: rtnl::RtnlError| LinkError::Command {
+        cmd: "rtnetlink".into(),
+        message: e.to_string(),
+    };
+    let ns_file = std::fs::File::open(netns).map_err(|e| LinkError::Command {
+        cmd: format!("open {}", netns.display()),
+        message: e.to_string(),
+    })?;
+    let mut host = Rtnl::open().map_err(rt_err)?;
+    host.add_veth(
+        &up.host_if,
+        "eth0",
+        std::os::fd::AsRawFd::as_raw_fd(&ns_file),
+    )
+    .map_err(rt_err)?;
+    let host_index = host.link_index(&up.host_if).map_err(rt_err)?;
+    host.add_addr(host_index, IpAddr::V4(up.host_ip), 30, false)
+        .map_err(rt_err)?;
+    if let Some((h6, _)) = up.v6 {
+        host.add_addr(host_index, IpAddr::V6(h6), 64, true)
+            .map_err(rt_err)?;
+    }
+    host.set_up(host_index).map_err(rt_err)?;
+    let mut inside = Rtnl::open_in(netns).map_err(rt_err)?;
+    let index = inside.link_index("eth0").map_err(rt_err)?;
+    inside
+        .add_addr(index, IpAddr::V4(up.sandbox_ip), 30, false)
+        .map_err(rt_err)?;
+    if let Some((_, s6)) = up.v6 {
+        inside
+            .add_addr(index, IpAddr::V6(s6), 64, true)
+            .map_err(rt_err)?;
+    }
+    inside.set_up(index).map_err(rt_err)?;
+    inside
+        .add_default_route(IpAddr::V4(up.host_ip))
+        .map_err(rt_err)?;
+    if let Some((h6, _)) = up.v6 {
+        inside.add_default_route(IpAddr::V6(h6)).map_err(rt_err)?;
+    }
+    enable_forwarding_and_nat(up.v6.is_some())
+}
+
+impl SandboxNet {
     /// Forwards `port` on the host's side of the link to the host's loopback (for a proxy that
     /// listens on 127.0.0.1): a per-sandbox host table `ip ac_<id>` DNATs it, `route_localnet`
     /// lets the host and the sandbox route loopback addresses over the link.
@@ -227,110 +346,64 @@ impl Drop for SandboxNet {
     }
 }
 
-/// A named network namespace, as `ip netns add` makes it (a bind mount of the namespace at
-/// /run/netns/NAME), with its loopback up. Done on a short-lived thread (network namespaces are
-/// per thread), without spawning a process.
 /// Where the network namespace `name` is (or will be) bound, as `ip netns` does.
 pub fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
-/// A network namespace being made on its own thread (see [`SandboxNet::start`]).
-struct NetnsThread {
-    name: String,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-}
-
-impl NetnsThread {
-    fn finish(mut self) -> Result<(), LinkError> {
-        let err = |m: String| LinkError::Command {
-            cmd: format!("creating network namespace {}", self.name),
-            message: m,
+/// Makes the calling thread's own network namespace, with its loopback up, binds it at `target`
+/// (as `ip netns add` does), and returns the thread to the namespace it was in: unsharing moves
+/// only the calling thread, so this runs on a thread of the sandbox's own.
+fn make_netns(target: &std::ffi::CStr) -> std::io::Result<()> {
+    let host = std::fs::File::open("/proc/thread-self/ns/net")?;
+    // SAFETY: these calls act on this thread only (its network namespace), on a socket it owns,
+    // and on the target path.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0
         };
-        let thread = self.thread.take().ok_or(err("already finished".into()))?;
-        let made = thread
-            .join()
-            .map_err(|_| err("the namespace thread panicked".into()))?;
-        made.map_err(|e| {
-            let _ = std::fs::remove_file(netns_path(&self.name));
-            err(e.to_string())
-        })
-    }
-}
-
-impl Drop for NetnsThread {
-    fn drop(&mut self) {
-        // Never finished (the run failed first): wait for the thread, then undo what it made.
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-            let _ = delete_netns(&self.name);
+        let e = std::io::Error::last_os_error();
+        libc::close(sock);
+        if !ok {
+            return Err(e);
         }
-    }
-}
-
-/// Starts making the network namespace `name` (bound at [`netns_path`]) on a thread of its own:
-/// unsharing moves only the calling thread, and the caller's must stay where it is.
-fn start_netns(name: &str) -> Result<NetnsThread, LinkError> {
-    let err = |m: String| LinkError::Command {
-        cmd: format!("creating network namespace {name}"),
-        message: m,
-    };
-    std::fs::create_dir_all("/run/netns").map_err(|e| err(e.to_string()))?;
-    let path = netns_path(name);
-    std::fs::File::create(&path).map_err(|e| err(e.to_string()))?;
-    let target = std::ffi::CString::new(path.to_string_lossy().as_bytes())
-        .map_err(|e| err(e.to_string()))?;
-    let made = std::thread::spawn(move || -> std::io::Result<()> {
-        // SAFETY: these calls act on this thread only (its network namespace) and on a socket
-        // it owns; the thread ends right after.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            if sock < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut req: libc::ifreq = std::mem::zeroed();
-            for (i, b) in b"lo\0".iter().enumerate() {
-                req.ifr_name[i] = *b as libc::c_char;
-            }
-            let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 && {
-                req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-                libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0
-            };
-            let e = std::io::Error::last_os_error();
-            libc::close(sock);
-            if !ok {
-                return Err(e);
-            }
-            // Unprivileged ICMP echo sockets (ping) for the workload, as most distributions
-            // allow on the host; what they may reach is still the fence's `icmp` rules.
-            let range = c"/proc/sys/net/ipv4/ping_group_range";
-            let f = libc::open(range.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if f >= 0 {
-                let v = b"0 2147483647";
-                libc::write(f, v.as_ptr().cast(), v.len());
-                libc::close(f);
-            }
-            let src = c"/proc/thread-self/ns/net";
-            if libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+        // Unprivileged ICMP echo sockets (ping) for the workload, as most distributions
+        // allow on the host; what they may reach is still the fence's `icmp` rules.
+        let range = c"/proc/sys/net/ipv4/ping_group_range";
+        let f = libc::open(range.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if f >= 0 {
+            let v = b"0 2147483647";
+            libc::write(f, v.as_ptr().cast(), v.len());
+            libc::close(f);
         }
-    });
-    Ok(NetnsThread {
-        name: name.to_string(),
-        thread: Some(made),
-    })
+        let src = c"/proc/thread-self/ns/net";
+        if libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&host), libc::CLONE_NEWNET) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Unmounts and removes /run/netns/NAME; the namespace (and its veth end) goes with its last user.

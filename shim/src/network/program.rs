@@ -51,6 +51,8 @@ pub fn program(
         id: id.to_string(),
         ..Default::default()
     };
+    // The runner's own namespaces were made just now, empty; a pod's may hold an earlier fence.
+    let fresh = matches!(attachment, Attachment::Uplink(_) | Attachment::Vm(..));
     let (attachment, vm) = match attachment {
         Attachment::Vm(net, tap, guest) => (Attachment::Uplink(net), Some((tap, guest))),
         Attachment::PodVm(taps, guests) => (Attachment::Existing, Some((taps, guests))),
@@ -112,7 +114,11 @@ pub fn program(
         Some((tap, guest)) => super::forward::vm_ruleset(rules, tap, guest),
         None => rules,
     };
-    fence::install(netns, &rules)?;
+    if fresh {
+        fence::install_fresh(netns, &rules)?;
+    } else {
+        fence::install(netns, &rules)?;
+    }
     Ok(())
 }
 

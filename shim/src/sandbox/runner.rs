@@ -93,11 +93,32 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     for gone in sweep(&req.state_root) {
         tracing::info!(path = %gone, "removed what a dead runner left behind");
     }
-    // The network namespace (the costliest namespace for the kernel to make) needs nothing from
-    // the view: the thread that must make it anyway (unsharing moves only the calling thread)
-    // does so while this one prepares the view and the spec. Dropped unfinished (a run that
-    // fails before), it destroys what it made.
-    let pending = SandboxNet::start(&req.id).map_err(|e| RunError::Network(e.to_string()))?;
+    // The network namespace (the costliest namespace for the kernel to make), its uplink and its
+    // fence need nothing from the view: a thread of their own makes them while this one prepares
+    // the view and the spec. Dropped unfinished (a run that fails before), the pending network
+    // destroys what it made.
+    let pending = {
+        let (netplan, id) = (plan.network.clone(), req.id.clone());
+        // A proxy on the host's loopback is forwarded over the link: fenced after it exists.
+        let link_first = plan
+            .network
+            .proxy
+            .as_ref()
+            .is_some_and(|p| agentcell_policy::netspec::is_loopback_host(&p.host));
+        SandboxNet::start(
+            &req.id,
+            plan.network.needs_uplink,
+            link_first,
+            move |net: &mut SandboxNet| -> Result<(), program::ProgramError> {
+                if net.uplink.is_some() {
+                    let path = net.path();
+                    program::program(&path, &netplan, &id, Attachment::Uplink(net))?;
+                }
+                Ok(())
+            },
+        )
+        .map_err(|e| RunError::Network(e.to_string()))?
+    };
     let mut prepared = prepare::prepare(&plan.filesystem)?;
     let cwd = working_directory(plan, &mut prepared)?;
     let owned;
@@ -142,15 +163,16 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         step: "writing config.json".into(),
         source,
     })?;
-    // The sandbox's own network namespace, its link and its fence, before anything runs in it.
-    let mut net = pending
-        .finish(plan.network.needs_uplink)
+    // The sandbox's own network namespace, its link and its fence, before anything runs in it,
+    // and before libcontainer forks (it clones raw: see `SandboxNet::start`).
+    let net = pending
+        .finish()
         .map_err(|e| RunError::Network(e.to_string()))?;
-    if let Some(up) = net.uplink.clone() {
-        tracing::debug!(netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip, "sandbox uplink");
-        let path = net.path();
-        program::program(&path, &plan.network, &req.id, Attachment::Uplink(&mut net))
-            .map_err(|e| RunError::Network(e.to_string()))?;
+    if let Some(up) = &net.uplink {
+        tracing::debug!(
+            netns = %net.name, link = %up.host_if, host_ip = %up.host_ip, sandbox_ip = %up.sandbox_ip,
+            elapsed_us = t0.elapsed().as_micros() as u64, "sandbox uplink and fence in place"
+        );
     }
 
     let mut rules = landlock_rules(plan, &prepared);
