@@ -2,6 +2,7 @@
 //! seccomp, Landlock, cgroup limits, the deadline). The shim reuses it for every container.
 
 pub mod aliases;
+pub mod attach_warm;
 pub mod audit;
 pub mod init;
 pub mod landlock;

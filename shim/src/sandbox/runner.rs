@@ -90,6 +90,8 @@ impl RunRequest<'_> {
 pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     let plan = req.plan;
     let t0 = Instant::now();
+    // The cgroup attach's grace period, paid while the view and the network are prepared.
+    let mut warm = super::attach_warm::start();
     for gone in sweep(&req.state_root) {
         tracing::info!(path = %gone, "removed what a dead runner left behind");
     }
@@ -210,7 +212,10 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         }
     };
     tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "bundle written");
-    let mut container = ContainerBuilder::new(req.id.clone(), SyscallType::default())
+    if let Some(w) = &warm {
+        w.quiesce();
+    }
+    let built = ContainerBuilder::new(req.id.clone(), SyscallType::default())
         .with_executor(LandlockExecutor {
             rules,
             die_with_parent: true,
@@ -223,9 +228,15 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         .as_init(&bundle)
         .with_systemd(systemd_driver())
         .with_detach(false)
-        .build()
-        .map_err(err("creating the container"))?;
-    tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "container created");
+        .build();
+    if let Some(w) = &mut warm {
+        w.release();
+    }
+    let mut container = built.map_err(err("creating the container"))?;
+    tracing::debug!(
+        id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64,
+        cgroup_warmed = warm.as_ref().is_some_and(|w| w.moved()), "container created"
+    );
     let started = Instant::now();
     let outcome = (|| {
         container.start().map_err(err("starting the container"))?;
