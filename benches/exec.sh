@@ -4,6 +4,7 @@
 # bundle whose config.json is agentcell's own spec for the same policy (so the same mounts,
 # namespaces, seccomp profile and cgroup limits; they do not apply Landlock, agentcell does).
 # Prints the median wall time of each and the ratios. Needs root; N=runs (default 40).
+# `ac-nowarm` is agentcell with AGENTCELL_CGROUP_WARM=0 (its `env` adds ~1 ms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-40}
@@ -49,6 +50,8 @@ n, ac, policy, bundle = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 bwrap = ["bwrap"] + sys.argv[5:]
 cmds = {
     "agentcell": lambda i: [ac, "run", "--policy", policy, "--", "/bin/true"],
+    # The same without paying the cgroup attach's grace period early (sandbox/attach_warm.rs).
+    "ac-nowarm": lambda i: ["env", "AGENTCELL_CGROUP_WARM=0", ac, "run", "--policy", policy, "--", "/bin/true"],
     "bwrap": lambda i: bwrap,
     "runc": lambda i: ["runc", "run", "--bundle", bundle, f"acbench-runc-{i}"],
     "crun": lambda i: ["crun", "run", "--bundle", bundle, f"acbench-crun-{i}"],
