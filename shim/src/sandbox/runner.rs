@@ -179,31 +179,17 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
 
     let mut rules = landlock_rules(plan, &prepared);
     let mut notices = Vec::new();
-    // Network drops are logged by the fence whatever the Landlock ABI.
-    let kmsg = match &req.audit {
-        Some(_) => Some(
-            super::audit::KmsgListener::start().map_err(|source| RunError::Io {
-                step: "reading the kernel log".into(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    let listener = match &req.audit {
-        None => None,
+    // Landlock logs denials only when asked (ABI 7); network drops are logged by the fence
+    // whatever the ABI. The listeners themselves start after the build (below).
+    let audit_landlock = match &req.audit {
+        None => false,
         Some(_) if plan.host.landlock_abi.is_none_or(|a| a < 7) => {
             notices.push("Landlock ABI 7 (audit) is unavailable on this kernel: filesystem denials are not observable".to_string());
-            None
+            false
         }
-        Some(_) => {
-            let l = super::audit::Listener::start().map_err(|source| RunError::Io {
-                step: "listening for audit records".into(),
-                source,
-            })?;
-            rules.log_denials = true;
-            Some(l)
-        }
+        Some(_) => true,
     };
+    rules.log_denials = audit_landlock;
     let containers = dir.join("state");
     let err = |step: &'static str| {
         move |e: libcontainer::error::LibcontainerError| RunError::Container {
@@ -237,6 +223,41 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64,
         cgroup_warmed = warm.as_ref().is_some_and(|w| w.moved()), "container created"
     );
+    // The audit listeners are threads that allocate whenever a record arrives (the link's own
+    // kernel messages, say): started only now, after libcontainer's raw clones, whose children
+    // would inherit a lock such a thread held; before the workload starts.
+    let listeners = (|| -> Result<_, RunError> {
+        let kmsg = match &req.audit {
+            Some(_) => {
+                Some(
+                    super::audit::KmsgListener::start().map_err(|source| RunError::Io {
+                        step: "reading the kernel log".into(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let listener = match audit_landlock {
+            true => Some(
+                super::audit::Listener::start().map_err(|source| RunError::Io {
+                    step: "listening for audit records".into(),
+                    source,
+                })?,
+            ),
+            false => None,
+        };
+        Ok((kmsg, listener))
+    })();
+    let (kmsg, listener) = match listeners {
+        Ok(l) => l,
+        Err(e) => {
+            if let Err(d) = container.delete(true) {
+                tracing::warn!(error = %d, id = %req.id, "deleting the unstarted container");
+            }
+            return Err(e);
+        }
+    };
     let started = Instant::now();
     let outcome = (|| {
         container.start().map_err(err("starting the container"))?;
