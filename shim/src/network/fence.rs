@@ -283,24 +283,30 @@ mod tests {
         };
         let ns = Netns::new("accept");
         let rs = nft::ruleset(&plan.network, &rt);
-        install_fresh(&ns.path(), &rs).expect("the kernel accepts the ruleset");
-        // Installing again replaces the table rather than duplicating its rules.
-        install(&ns.path(), &rs).expect("idempotent");
-        let listed = nft_in(&ns.path(), &["-j", "list", "ruleset"], None).unwrap();
-        let v: Value = serde_json::from_str(&listed).unwrap();
-        let rules = v["nftables"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|o| o.get("rule").is_some())
-            .count();
         let expected = rs["nftables"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|c| c["add"].get("rule").is_some())
             .count();
-        assert_eq!(rules, expected, "{listed}");
+        let installed = || {
+            let listed = nft_in(&ns.path(), &["-j", "list", "ruleset"], None).unwrap();
+            let v: Value = serde_json::from_str(&listed).unwrap();
+            let rules = v["nftables"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o.get("rule").is_some())
+                .count();
+            (rules, listed)
+        };
+        install_fresh(&ns.path(), &rs).expect("the kernel accepts the ruleset");
+        let (rules, listed) = installed();
+        assert_eq!(rules, expected, "after the fresh install: {listed}");
+        // Installing again replaces the table rather than duplicating its rules.
+        install(&ns.path(), &rs).expect("idempotent");
+        let (rules, listed) = installed();
+        assert_eq!(rules, expected, "after the replacing install: {listed}");
         assert!(listed.contains("egress-drop"));
         // The host's own namespace is untouched.
         let host = nft_in(Path::new("/proc/self/ns/net"), &["list", "tables"], None).unwrap();

@@ -176,7 +176,14 @@ mod tests {
         }
         let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let file = own_tasks_file().expect("a cgroup file for this process");
-        assert!(file.exists(), "{}", file.display());
+        // It is the membership list of this process's own cgroup.
+        let members = std::fs::read_to_string(&file).unwrap();
+        let pid = std::process::id().to_string();
+        assert!(
+            members.lines().any(|l| l == pid),
+            "{} does not list this process",
+            file.display()
+        );
         let mut w = start().expect("warming starts");
         w.quiesce();
         w.release();
