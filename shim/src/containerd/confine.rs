@@ -99,15 +99,7 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
         .and_then(Value::as_str)
         .map(String::from)
         .unwrap_or_default();
-    let args: Vec<String> = oprocess
-        .get("args")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let args = strings(oprocess.get("args"));
     let mut out = spec::build_json(&SpecInput {
         plan,
         prepared: input.prepared,
@@ -123,17 +115,7 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
     // The process: what the image and pod spec say, with the plan's environment, working
     // directory (when the policy sets one), and no privilege gain.
     let mut process = oprocess.clone();
-    let env: Vec<String> = oprocess
-        .get("env")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    let env = merge_env(env, &plan.process.env);
-    process["env"] = json!(env);
+    process["env"] = json!(with_plan_env(oprocess, &plan.process.env));
     if plan.process.cwd_origin == "process.cwd" {
         process["cwd"] = json!(plan.process.cwd);
     }
@@ -274,6 +256,22 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
         landlock,
         notes,
     })
+}
+
+/// The strings of a JSON array (none when it is absent or not an array).
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The OCI `process`'s environment with the plan's variables set over it ([`merge_env`]).
+pub fn with_plan_env(process: &Value, plan_env: &[(String, String)]) -> Vec<String> {
+    merge_env(strings(process.get("env")), plan_env)
 }
 
 /// The process's environment with the plan's variables set over it, and a PATH when it has

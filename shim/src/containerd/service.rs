@@ -712,17 +712,7 @@ impl Service {
             .map_err(|e| err(Code::PERMISSION_DENIED, format!("exec {}: {e}", p.exec_id)))?;
         spec["noNewPrivileges"] = Value::Bool(true);
         let oom = take_oom_score_adj(&mut spec);
-        let env: Vec<String> = spec
-            .get("env")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let env = confine::merge_env(env, &c.plan_env);
-        spec["env"] = serde_json::json!(env);
+        spec["env"] = serde_json::json!(confine::with_plan_env(&spec, &c.plan_env));
         let path = c.dir.join(format!("exec-{}.json", p.exec_id));
         std::fs::write(&path, spec.to_string())
             .map_err(|e| err(Code::INTERNAL, format!("{}: {e}", path.display())))?;

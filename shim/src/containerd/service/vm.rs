@@ -327,17 +327,8 @@ impl Service {
         let spec = p.spec.clone().unwrap_or_default();
         super::confine::check_capabilities(spec.get("capabilities"))
             .map_err(|e| format!("exec {}: {e}", p.exec_id))?;
-        let env: Vec<String> = spec
-            .get("env")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
         let mut process = spec.clone();
-        process["env"] = serde_json::json!(super::confine::merge_env(env, &c.plan_env));
+        process["env"] = serde_json::json!(super::confine::with_plan_env(&spec, &c.plan_env));
         let mut plain = p.stdio.clone();
         plain.terminal = false;
         let (pside, sside) =
