@@ -919,18 +919,6 @@ pub fn current(
                 "must be an absolute path",
             ));
         }
-        if pc.least_privilege == Some(true)
-            && pc
-                .filesystem
-                .as_ref()
-                .and_then(|f| f.enumerate_paths.as_ref())
-                .is_some_and(|p| !p.is_empty())
-        {
-            errs.push(Violation::new(
-                root().key(key).key("filesystem").key("enumeratePaths"),
-                "cannot be combined with leastPrivilege mode",
-            ));
-        }
     }
     bail(std::mem::take(&mut errs))?;
 

@@ -27,7 +27,7 @@ pub use crate::version::ContractVersion;
 /// Which request root a document is: MXC selects it by `phase`, then (for `provision`) by
 /// `containment`. This one enum names every kind of request MXC defines; the typed requests are
 /// in [`crate::request`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestRoot {
     OneShot,
