@@ -16,6 +16,7 @@ pub mod contract;
 pub mod document;
 pub mod error;
 pub mod json;
+pub mod migrate;
 pub mod model;
 pub mod netspec;
 pub mod path;
