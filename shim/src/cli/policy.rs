@@ -269,7 +269,7 @@ fn check(files: &[String], use_contract: bool, read: &ReadArgs, json: bool) -> E
                         "containment": r.containment().map(|c| c.as_str()),
                         "notes": r.notes,
                         // Judged, not run: what `agentcell exec` answers.
-                        "run": r.refusal(),
+                        "run": r.refusal().to_json(),
                     }),
                 })
                 .map_err(|RequestError { error, .. }| error)
