@@ -102,6 +102,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("largest_1_0", |b| {
         b.iter(|| assert!(run_1_0(std::hint::black_box(largest), &host)))
     });
+    c.bench_function("largest_1_0/parse", |b| {
+        b.iter(|| parse_with(std::hint::black_box(largest), &ParseOptions::executor()).unwrap())
+    });
+    let doc_1_0 = parse_with(largest, &ParseOptions::executor()).unwrap();
+    c.bench_function("largest_1_0/compile", |b| {
+        b.iter(|| {
+            compile(
+                std::hint::black_box(&doc_1_0),
+                &host,
+                &CompileOptions::default(),
+            )
+            .unwrap()
+        })
+    });
     let (path, any) = current
         .iter()
         .find(|(_, t)| contract::check(t).is_ok())

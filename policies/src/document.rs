@@ -1,8 +1,8 @@
 //! Reading an MXC document the way MXC's runtime does, into a [`Document`]: what the document
 //! means, validated. Entry points: [`parse`] and [`parse_with`].
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::contract::RequestRoot;
@@ -255,7 +255,12 @@ fn read_current(
                     ),
                 ));
             }
-            let cfg: ContainerConfig = typed_at(value, &root)?;
+            // The exact shape has been checked: read it without serde_path_to_error's tracking
+            // (kept for the message if serde still refuses something).
+            let cfg = match ContainerConfig::deserialize(value) {
+                Ok(c) => c,
+                Err(_) => typed_at(value, &root)?,
+            };
             validate::current(cfg, value, kind, version, opts)
         }
         DocumentKind::SandboxPolicy => {
