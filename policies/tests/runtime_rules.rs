@@ -613,6 +613,24 @@ fn each_rule_names_its_field() {
 #[test]
 fn accepted_spellings_and_their_meaning() {
     use agentcell_policy::netspec::NetworkSpec;
+    // Fields from 0.9.0-alpha on are unknown to MXC 0.8's reader and its contracts.
+    let inherit =
+        r#"{"version":"0.8.0-alpha","process":{"commandLine":"a","inheritDefaultEnv":true}}"#;
+    let (p, m) = refused(inherit);
+    assert_eq!(p, "process.inheritDefaultEnv");
+    assert!(m.contains("unknown field `inheritDefaultEnv`"), "{m}");
+    let e = agentcell_policy::contract::check_with(inherit, MxcRelease::V0_8).unwrap_err();
+    assert_eq!(
+        e.violations()[0].path.to_string(),
+        "process.inheritDefaultEnv"
+    );
+    assert!(
+        agentcell_policy::contract::check_with(
+            r#"{"version":"0.8.0-alpha","process":{"commandLine":"a"},"telemetry":{}}"#,
+            MxcRelease::V0_8
+        )
+        .is_err()
+    );
     // No version: legacy; 0.8 without network: directional deny-all.
     let d = parse_with(r#"{"process":{"commandLine":"a"}}"#, &retired()).unwrap();
     assert!(matches!(d.network, NetworkSpec::Legacy(_)));

@@ -59,6 +59,10 @@ pub(super) fn check_value_as(
             "a configuration must be a JSON object",
         ));
     };
+    // Fields MXC added from 0.9.0-alpha on did not exist in these contracts.
+    if let Some((path, message)) = crate::model::retired_unknown_field(value) {
+        return Err(PolicyError::one(path, message));
+    }
     let mut errs = Vec::new();
     shape::check_no_null_outside_comment(value, &root, &mut errs);
     if !errs.is_empty() {
