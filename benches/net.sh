@@ -47,7 +47,7 @@ def policy(name, rules, default="deny"):
     allow = [{"to": [{"cidr": f"198.18.{100 + i // 250}.{i % 250 + 1}/32"}], "ports": [{"protocol": "tcp", "port": 9000 + i}]} for i in range(rules - 1)]
     if rules:
         allow.append({"to": [{"cidr": "198.18.99.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]})
-    doc = {"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [probe]}, "network": {"egress": {"default": default, "allow": allow}}}
+    doc = {"version": "1.0.0", "filesystem": {"readonlyPaths": [probe]}, "network": {"egress": {"default": default, "allow": allow}}}
     path = f"{work}/{name}.json"
     json.dump(doc, open(path, "w"))
     return path

@@ -35,7 +35,7 @@ dir=/var/tmp/agentcell-bench-$$
 sock=$dir/containerd.sock
 ns=acbench-$$
 image=bench.local/busybox:1
-policy='{"version":"0.8.0-alpha","network":{"egress":{"default":"deny"}}}'
+policy='{"version":"1.0.0","network":{"egress":{"default":"deny"}}}'
 cd_pid=
 c() { ctr -a "$sock" -n "$ns" "$@"; }
 

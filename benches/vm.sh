@@ -16,7 +16,7 @@ cargo build --release -q -p agentcell --bin agentcell
 BIN=$PWD/target/release/agentcell
 dir=$(mktemp -d /var/tmp/agentcell-bench-vm-XXXXXX)
 trap 'rm -rf "$dir"' EXIT
-echo '{"version":"0.8.0-alpha","network":{"egress":{"default":"deny"}}}' >"$dir/policy.json"
+echo '{"version":"1.0.0","network":{"egress":{"default":"deny"}}}' >"$dir/policy.json"
 
 now_ns() { date +%s%N; }
 vm_round() { # appends "boot_ms wall_ms run_ms" to $dir/vm

@@ -65,7 +65,7 @@ fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
 }
 
 fn policy() -> serde_json::Value {
-    json!({"version": "0.8.0-alpha",
+    json!({"version": "1.0.0",
         "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
         "network": {"egress": {"default": "deny", "allow": [
             {"to": [{"cidr": "198.18.62.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}})
@@ -206,7 +206,7 @@ async fn a_pod_with_an_invalid_policy_is_refused_with_the_reason() {
     let c = Containerd::start_cri("cri-bad");
     cri_ready(&c);
     let mut rt = connect(&c).await;
-    let bad = json!({"version": "0.8.0-alpha", "network": {"egress": {"default": "maybe"}}});
+    let bad = json!({"version": "1.0.0", "network": {"egress": {"default": "maybe"}}});
     let e = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(sandbox_config(&c, "pod-bad", &bad)),
@@ -392,7 +392,7 @@ async fn a_pod_runs_in_a_micro_vm_through_cri() {
     let c = Containerd::start_cri("cri-vm");
     cri_ready(&c);
     let mut rt = connect(&c).await;
-    let p = json!({"version": "0.8.0-alpha",
+    let p = json!({"version": "1.0.0",
         "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
         "network": {"egress": {"default": "deny", "allow": [
             {"to": [{"cidr": "198.18.63.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}});

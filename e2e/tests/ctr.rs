@@ -14,7 +14,7 @@ fn annotation(policy: &serde_json::Value) -> String {
 }
 
 fn policy() -> serde_json::Value {
-    json!({"version": "0.8.0-alpha",
+    json!({"version": "1.0.0",
         "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
         "network": {"egress": {"default": "deny"}}})
 }
@@ -70,7 +70,7 @@ fn the_policy_holds_in_a_container_and_exit_codes_pass_through() {
 fn egress_is_fenced_by_the_policy() {
     let host = TestHost::new(61, &[8080, 8081]);
     let c = Containerd::start("ctr-net");
-    let p = json!({"version": "0.8.0-alpha",
+    let p = json!({"version": "1.0.0",
         "network": {"egress": {"default": "deny", "allow": [
             {"to": [{"cidr": "198.18.61.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}});
     let r = run(
@@ -169,7 +169,7 @@ fn exec_ps_metrics_and_kill_behave_and_exec_is_confined() {
 #[test]
 fn a_bad_policy_is_refused_with_its_key_path_and_reason() {
     let c = Containerd::start("ctr-bad");
-    let bad = json!({"version": "0.8.0-alpha", "network": {"egress": {"default": "maybe"}}});
+    let bad = json!({"version": "1.0.0", "network": {"egress": {"default": "maybe"}}});
     let r = run(&c, "bad1", &bad, "echo STARTED");
     assert_ne!(r.code, 0);
     assert!(!r.stdout.contains("STARTED"));

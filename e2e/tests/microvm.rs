@@ -24,7 +24,7 @@ fn annotation(policy: &serde_json::Value) -> String {
 }
 
 fn policy() -> serde_json::Value {
-    json!({"version": "0.8.0-alpha",
+    json!({"version": "1.0.0",
         "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
         "network": {"egress": {"default": "deny"}}})
 }
@@ -144,7 +144,7 @@ fn the_fence_outside_the_vm_holds() {
     let host = TestHost::new(71, &[8080, 8081]);
     let c = Containerd::start("vm-net");
     let rootfs = image::rootfs(&c.dir.join("rootfs"));
-    let p = json!({"version": "0.8.0-alpha",
+    let p = json!({"version": "1.0.0",
         "network": {"egress": {"default": "deny", "allow": [
             {"to": [{"cidr": "198.18.71.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}});
     let r = run(

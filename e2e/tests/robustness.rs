@@ -18,7 +18,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn annotation() -> String {
-    let p = json!({"version": "0.8.0-alpha",
+    let p = json!({"version": "1.0.0",
         "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]},
         "network": {"egress": {"default": "deny"}}});
     format!("agentcell.dev/mxc-policy={p}")

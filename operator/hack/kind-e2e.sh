@@ -97,7 +97,7 @@ pass "CEL rejects two policy sources"
 
 # 3. An invalid inline policy: PolicyValid=False naming the JSON path, no pod.
 sandbox invalid "    inline:
-      version: 0.8.0-alpha
+      version: "1.0.0"
       network:
         egress:
           allow:

@@ -10,6 +10,9 @@ pub struct OperatorConfig {
     pub microvm_runtime_class: String,
     /// Cluster DNS domain, for `status.serviceFQDN`.
     pub cluster_domain: String,
+    /// Whose verdicts policies get (`--mxc-release`): MXC 1.0's, or MXC 0.8's for retired
+    /// documents. The nodes' `mxc_release` in `/etc/agentcell/shim.toml` must agree.
+    pub mxc_release: agentcell_policy::MxcRelease,
 }
 
 impl Default for OperatorConfig {
@@ -18,6 +21,7 @@ impl Default for OperatorConfig {
             container_runtime_class: "agentcell".into(),
             microvm_runtime_class: "agentcell-vm".into(),
             cluster_domain: "cluster.local".into(),
+            mxc_release: agentcell_policy::MxcRelease::default(),
         }
     }
 }

@@ -100,7 +100,10 @@ impl Isolation {
     "(has(self.inline) ? 1 : 0) + (has(self.configMapRef) ? 1 : 0) + (has(self.preset) ? 1 : 0) == 1"
 ).message("exactly one of inline, configMapRef, preset must be set"))]
 pub struct PolicySource {
-    /// The MXC document itself (a `SandboxPolicy` or a `ContainerConfig`), as an object.
+    /// The MXC document itself (a `SandboxPolicy` or a `ContainerConfig`), as an object. It
+    /// declares one of MXC 1.0's contracts (`1.0.0`; `0.9.0-alpha`, `1.1.0-alpha`); a retired
+    /// 0.6-0.8 document is `PolicyValid=False` (`RetiredVersion`) unless the operator runs with
+    /// `--mxc-release 0.8`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "inline_policy_schema")]
     pub inline: Option<Value>,
@@ -118,7 +121,7 @@ pub struct PolicySource {
 
 fn inline_policy_schema(_: &mut schemars::SchemaGenerator) -> Schema {
     Schema::try_from(json!({
-        "description": "The MXC document itself (a SandboxPolicy or a ContainerConfig), as an object.",
+        "description": "The MXC document itself (a SandboxPolicy or a ContainerConfig), as an object. It declares one of MXC 1.0's contracts (1.0.0; 0.9.0-alpha, 1.1.0-alpha); a retired 0.6-0.8 document is PolicyValid=False (RetiredVersion) unless the operator runs with --mxc-release 0.8.",
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true
     }))

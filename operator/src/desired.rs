@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use agentcell_policy::canonical::{canonical_json, digest_of};
-use agentcell_policy::{Document, ParseOptions, parse_with, presets};
+use agentcell_policy::{Document, MxcRelease, ParseOptions, parse_with, presets};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodSpec, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -48,6 +48,11 @@ pub enum SpecError {
     },
     #[error("spec.policy.{from}: {message}")]
     InvalidPolicy { from: &'static str, message: String },
+    /// A retired (0.6-0.8) document under MXC 1.0's verdicts.
+    #[error(
+        "spec.policy.{from}: {message}; on a cluster that must keep it, run the operator with --mxc-release 0.8 (chart value mxcRelease: \"0.8\") and the nodes with mxc_release = \"0.8\""
+    )]
+    RetiredVersion { from: &'static str, message: String },
     #[error("spec.policy.configMapRef: configmap {name} not found")]
     ConfigMapNotFound { name: String },
     #[error("spec.policy.configMapRef.key: configmap {name} has no key {key}")]
@@ -70,6 +75,7 @@ impl SpecError {
             Self::ReservedAnnotation { .. } => "ReservedAnnotation",
             Self::RuntimeClassConflict { .. } => "RuntimeClassConflict",
             Self::InvalidPolicy { .. } => "InvalidPolicy",
+            Self::RetiredVersion { .. } => "RetiredVersion",
             Self::ConfigMapNotFound { .. } => "ConfigMapNotFound",
             Self::ConfigMapKeyMissing { .. } => "ConfigMapKeyMissing",
             Self::UnknownPreset(_) => "UnknownPreset",
@@ -133,11 +139,20 @@ pub fn config_map_name(src: &PolicySource) -> Option<&str> {
     src.config_map_ref.as_ref().map(|r| r.name.as_str())
 }
 
-/// Reads and validates the policy with the policy engine. `config_map` is the ConfigMap named by
-/// `configMapRef` (`None` when it does not exist).
+/// Reads and validates the policy with the policy engine, with MXC 1.0's verdicts.
+/// `config_map` is the ConfigMap named by `configMapRef` (`None` when it does not exist).
 pub fn resolve_policy(
     src: &PolicySource,
     config_map: Option<&ConfigMap>,
+) -> Result<ResolvedPolicy, SpecError> {
+    resolve_policy_with(src, config_map, MxcRelease::default())
+}
+
+/// [`resolve_policy`] with the verdicts of `release` (the operator's `--mxc-release`).
+pub fn resolve_policy_with(
+    src: &PolicySource,
+    config_map: Option<&ConfigMap>,
+    release: MxcRelease,
 ) -> Result<ResolvedPolicy, SpecError> {
     let count = [
         src.inline.is_some(),
@@ -176,11 +191,27 @@ pub fn resolve_policy(
     // The command comes from the pod's image, never from the policy.
     let opts = ParseOptions {
         require_command: false,
+        release,
         ..ParseOptions::default()
     };
-    let document = parse_with(&text, &opts).map_err(|e| SpecError::InvalidPolicy {
-        from,
-        message: e.to_string(),
+    let document = parse_with(&text, &opts).map_err(|e| {
+        let retired = !release.reads_retired()
+            && serde_json::from_str::<Value>(&text).is_ok_and(|v| {
+                v.is_object()
+                    && agentcell_policy::version::check_registered(v.get("version"))
+                        .is_err_and(|r| r.retired)
+            });
+        if retired {
+            SpecError::RetiredVersion {
+                from,
+                message: e.to_string(),
+            }
+        } else {
+            SpecError::InvalidPolicy {
+                from,
+                message: e.to_string(),
+            }
+        }
     })?;
     let canonical = canonical_json(&document);
     let digest = digest_of(&canonical);
@@ -497,12 +528,44 @@ mod tests {
     }
 
     #[test]
-    fn invalid_inline_policy_names_the_json_path() {
+    fn a_retired_policy_is_refused_as_retired_unless_the_operator_reads_mxc_0_8() {
         let src = PolicySource {
             inline: Some(
-                json!({"version": "0.8.0-alpha", "network": {"egress": {"allow": [
-                {"to": [{"cidr": "10.0.0.0/16", "except": ["10.1.0.0/16"]}]}]}}}),
+                json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": ["/w"]}}),
             ),
+            ..PolicySource::default()
+        };
+        let e = resolve_policy(&src, None).unwrap_err();
+        assert_eq!(e.reason(), "RetiredVersion");
+        let m = e.to_string();
+        assert!(
+            m.contains("0.8.0-alpha")
+                && m.contains("1.0.0")
+                && m.contains("agentcell policy migrate")
+                && m.contains("--mxc-release 0.8"),
+            "{m}"
+        );
+        let p = resolve_policy_with(&src, None, MxcRelease::V0_8).unwrap();
+        assert_eq!(p.document.release, MxcRelease::V0_8);
+        assert_eq!(p.document.version.to_string(), "0.8.0-alpha");
+        // A current document that is wrong is an invalid policy, whatever the release.
+        let bad = PolicySource {
+            inline: Some(json!({"version": "1.0.0", "network": {"defaultPolicy": "block"}})),
+            ..PolicySource::default()
+        };
+        for r in MxcRelease::ALL {
+            assert_eq!(
+                resolve_policy_with(&bad, None, r).unwrap_err().reason(),
+                "InvalidPolicy"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_inline_policy_names_the_json_path() {
+        let src = PolicySource {
+            inline: Some(json!({"version": "1.0.0", "network": {"egress": {"allow": [
+                {"to": [{"cidr": "10.0.0.0/16", "except": ["10.1.0.0/16"]}]}]}}})),
             ..PolicySource::default()
         };
         let e = resolve_policy(&src, None).unwrap_err();

@@ -33,6 +33,10 @@ struct Args {
     /// Cluster DNS domain (for status.serviceFQDN).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Whose verdicts policies get: MXC 1.0 (the default), or `0.8` to accept retired 0.6-0.8
+    /// documents as MXC 0.8 read them (set `mxc_release = "0.8"` on the nodes too).
+    #[arg(long, value_name = "RELEASE", default_value = "1.0")]
+    mxc_release: agentcell_policy::MxcRelease,
     /// Run without leader election (a single replica).
     #[arg(long)]
     no_leader_election: bool,
@@ -88,7 +92,9 @@ async fn main() -> anyhow::Result<()> {
         container_runtime_class: args.container_runtime_class,
         microvm_runtime_class: args.microvm_runtime_class,
         cluster_domain: args.cluster_domain,
+        mxc_release: args.mxc_release,
     };
+    info!(mxc_release = %config.mxc_release, "policy verdicts");
     let ctx = Arc::new(Context::new(client.clone(), config, metrics));
 
     if args.no_leader_election {

@@ -222,7 +222,12 @@ mod tests {
     use serde_json::{Value, json};
 
     fn mirror_of(policy: Value) -> (Value, Vec<Unmirrored>) {
-        let doc = parse_with(&policy.to_string(), &ParseOptions::default()).unwrap();
+        // Retired (0.7) documents too: MXC 0.8's legacy fields (--mxc-release 0.8).
+        let opts = ParseOptions {
+            release: agentcell_policy::MxcRelease::V0_8,
+            ..ParseOptions::default()
+        };
+        let doc = parse_with(&policy.to_string(), &opts).unwrap();
         let (spec, notes) = mirror(&doc, "sb");
         (serde_json::to_value(spec).unwrap(), notes)
     }
@@ -256,14 +261,14 @@ mod tests {
 
     #[test]
     fn closed_policy_is_deny_all() {
-        let (v, _) = mirror_of(json!({"version": "0.8.0-alpha"}));
+        let (v, _) = mirror_of(json!({"version": "1.0.0"}));
         assert_eq!(v["egress"], json!([]));
         assert_eq!(v["ingress"], json!([]));
     }
 
     #[test]
     fn except_and_earlier_denies_carve_allows() {
-        let (v, notes) = mirror_of(json!({"version": "0.8.0-alpha", "network": {"egress": {
+        let (v, notes) = mirror_of(json!({"version": "1.0.0", "network": {"egress": {
             "default": "deny",
             "deny": [{"to": [{"cidr": "10.2.0.0/16"}]}, {"to": [{"cidr": "192.168.0.0/16"}]},
                      {"to": [{"cidr": "10.3.0.0/16"}], "ports": [{"protocol": "tcp", "port": 22}]}],
@@ -308,7 +313,7 @@ mod tests {
 
     #[test]
     fn default_allow_is_everywhere_minus_denies_and_ingress_allow() {
-        let (v, _) = mirror_of(json!({"version": "0.8.0-alpha", "network": {
+        let (v, _) = mirror_of(json!({"version": "1.0.0", "network": {
             "egress": {"default": "allow", "deny": [{"to": [{"cidr": "169.254.0.0/16"}]}]}}}));
         assert_eq!(
             v["egress"],
@@ -340,7 +345,7 @@ mod tests {
         assert_eq!(notes[0].why, BY_NAME);
         assert_eq!(notes[0].origin, "network.allowedHosts[0]");
 
-        let (v, notes) = mirror_of(json!({"version": "0.8.0-alpha", "network": {"egress": {
+        let (v, notes) = mirror_of(json!({"version": "1.0.0", "network": {"egress": {
             "allow": [{"to": [{"cidr": "10.0.0.1/32"}], "ports": [{"protocol": "icmp"}]}]}}}));
         assert_eq!(v["egress"][0]["ports"], Value::Null);
         assert_eq!(notes[0].why, ICMP);
@@ -348,7 +353,7 @@ mod tests {
 
     #[test]
     fn loopback_proxy_opens_nothing() {
-        let (v, notes) = mirror_of(json!({"version": "0.8.0-alpha",
+        let (v, notes) = mirror_of(json!({"version": "1.0.0",
             "runtimeConfig": {"networkProxy": "http://127.0.0.1:3128"}}));
         assert_eq!(v["egress"], json!([]));
         assert_eq!(notes[0].why, PROXY_LOOPBACK);

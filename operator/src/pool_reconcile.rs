@@ -60,8 +60,10 @@ async fn identity(
         }
         None => None,
     };
-    Ok(desired::resolve_policy(src, cm.as_ref())
-        .map(|p| (PoolIdentity::new(&pool.spec.template, &p), p)))
+    Ok(
+        desired::resolve_policy_with(src, cm.as_ref(), ctx.config.mxc_release)
+            .map(|p| (PoolIdentity::new(&pool.spec.template, &p), p)),
+    )
 }
 
 fn members_selector(pool: &str) -> String {

@@ -232,8 +232,11 @@ impl<'a> Sandbox<'a> {
             State::True,
             "Valid",
             format!(
-                "MXC policy {} (schema {}) accepted",
-                policy.digest, policy.document.version
+                "MXC policy {} (schema {}) accepted with MXC {} verdicts ({})",
+                policy.digest,
+                policy.document.version,
+                policy.document.release,
+                agentcell_policy::plan::read_as(&policy.document)
             ),
         );
 
@@ -326,7 +329,11 @@ impl<'a> Sandbox<'a> {
             Some(name) => get_opt(&self.api::<ConfigMap>(), name, "configmap").await?,
             None => None,
         };
-        Ok(desired::resolve_policy(src, cm.as_ref()))
+        Ok(desired::resolve_policy_with(
+            src,
+            cm.as_ref(),
+            self.ctx.config.mxc_release,
+        ))
     }
 
     /// Makes the pod what the spec says; returns when to look again.

@@ -337,7 +337,22 @@ fn the_values_matrix_changes_what_it_says() {
         .to_owned();
     assert_eq!(
         toml,
-        "default_policy = \"preset:untrusted-code\"\nallow_best_effort = true\ncgroup_driver = \"systemd\"\nidle_exit_seconds = 120\n"
+        "default_policy = \"preset:untrusted-code\"\nallow_best_effort = true\ncgroup_driver = \"systemd\"\nidle_exit_seconds = 120\nmxc_release = \"1.0\"\n"
+    );
+    // One value sets the release on the operator and on the nodes.
+    let compat = docs(&template(&["-f", &ci("mxc-release-0.8.yaml")]).unwrap());
+    let args = &one(&compat, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        args.as_array()
+            .unwrap()
+            .contains(&serde_json::json!("--mxc-release=0.8")),
+        "{args}"
+    );
+    assert!(
+        one(&compat, "ConfigMap")["data"]["shim.toml"]
+            .as_str()
+            .unwrap()
+            .contains("mxc_release = \"0.8\"\n")
     );
 
     let sel = docs(&template(&["-f", &ci("node-selector.yaml")]).unwrap());
@@ -412,6 +427,7 @@ fn the_values_schema_rejects_bad_values() {
         ("node.microvm.assetsDir=vm", "assetsDir"),
         ("node.microvm.enabled=yes", "enabled"),
         ("operator.replcas=3", "replcas"),
+        ("mxcRelease=0.9", "mxcRelease"),
     ] {
         let e = template(&["--set", set]).expect_err(set);
         assert!(e.contains("schema") && e.contains(field), "{set}: {e}");

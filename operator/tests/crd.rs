@@ -341,7 +341,7 @@ fn cel_rules_require_exactly_one_policy_source() {
     for only in [
         json!({"preset": "offline"}),
         json!({"configMapRef": {"name": "p", "key": "k"}}),
-        json!({"inline": {"version": "0.8.0-alpha"}}),
+        json!({"inline": {"version": "1.0.0"}}),
     ] {
         let mut ok = base.clone();
         ok["spec"]["policy"] = only.clone();
@@ -514,7 +514,7 @@ fn cel_rule_caps_replicas_at_max_replicas() {
     assert!(cel_errors_in(&schema, &uncapped).is_empty());
     // The sandbox rules apply inside the template too.
     let mut two = base;
-    two["spec"]["template"]["policy"]["inline"] = json!({"version": "0.8.0-alpha"});
+    two["spec"]["template"]["policy"]["inline"] = json!({"version": "1.0.0"});
     assert_eq!(
         cel_errors_in(&schema, &two),
         ["spec.template.policy: exactly one of inline, configMapRef, preset must be set"]

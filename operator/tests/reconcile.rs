@@ -163,8 +163,67 @@ fn existing_owned(path: &str, api_version: &str, kind: &str, owner_uid: &str) ->
            "spec": {}})
 }
 
+/// A retired (0.8) policy: refused as such under MXC 1.0's verdicts, with the migration and the
+/// compatibility flag named; accepted (and said so) with --mxc-release 0.8.
+#[tokio::test]
+async fn a_retired_policy_is_policy_valid_false_retired_version_unless_the_flag_is_set() {
+    let retired =
+        json!({"inline": {"version": "0.8.0-alpha", "network": {"defaultPolicy": "block"}}});
+    let (ctx, mut api, _) = context(NOW);
+    let asb = sandbox(spec_with(retired.clone()));
+    let mut written = Value::Null;
+    run(asb, ctx, async {
+        let ev = api.expect_event("Warning", "RetiredVersion").await;
+        assert!(
+            ev["note"]
+                .as_str()
+                .unwrap()
+                .contains("agentcell policy migrate"),
+            "{ev}"
+        );
+        written = api.expect_status().await;
+    })
+    .await
+    .unwrap();
+    let (s, r, m) = cond(&written, "PolicyValid");
+    assert_eq!((s.as_str(), r.as_str()), ("False", "RetiredVersion"));
+    assert!(
+        m.contains("\"0.8.0-alpha\" is a retired MXC contract version")
+            && m.contains("0.9.0-alpha, 1.0.0 and 1.1.0-alpha")
+            && m.contains("agentcell policy migrate")
+            && m.contains("--mxc-release 0.8"),
+        "{m}"
+    );
+    assert_eq!(written.get("podName"), None);
+
+    let config = agentcell_operator::OperatorConfig {
+        mxc_release: agentcell_policy::MxcRelease::V0_8,
+        ..Default::default()
+    };
+    let (ctx, mut api, _) = common::context_with(NOW, config);
+    let asb = sandbox(spec_with(retired));
+    run(asb, ctx, async {
+        expect_prelude(&mut api, "agentcell").await;
+        api.expect(Method::GET, &pod_path()).await.not_found();
+        let pod = api.expect_apply(&pod_path()).await;
+        assert!(
+            pod.body["metadata"]["annotations"][ANN_POLICY]
+                .as_str()
+                .unwrap()
+                .contains("0.8.0-alpha")
+        );
+        pod.echo();
+        let st = api.expect_status().await;
+        let (s, _, m) = cond(&st, "PolicyValid");
+        assert_eq!(s, "True");
+        assert!(m.contains("with MXC 0.8 verdicts (retired document"), "{m}");
+    })
+    .await
+    .unwrap();
+}
+
 fn invalid_inline() -> Value {
-    json!({"inline": {"version": "0.8.0-alpha", "network": {"egress": {"allow": [
+    json!({"inline": {"version": "1.0.0", "network": {"egress": {"allow": [
         {"to": [{"cidr": "10.0.0.0/16", "except": ["10.1.0.0/16"]}]}]}}}})
 }
 

@@ -15,6 +15,14 @@ pub const MAX_RULES: usize = 65536;
 
 pub fn check(doc: &Document) -> Result<(), PolicyError> {
     let mut errs = Vec::new();
+    if doc.version.is_current() && matches!(doc.backend, Backend::Bubblewrap | Backend::Lxc) {
+        // MXC 1.0: a block that mixes IPv6 with the IPv4-mapped range is refused whatever the
+        // mode (its IPv4 part would silently match nothing).
+        v4_mapped_straddles(doc, &mut errs);
+        if !errs.is_empty() {
+            return Err(PolicyError::Invalid(errs));
+        }
+    }
     match doc.backend {
         Backend::Bubblewrap => bubblewrap(doc, &mut errs),
         Backend::Lxc => lxc(doc, &mut errs),
@@ -130,14 +138,14 @@ fn bubblewrap(doc: &Document, errs: &mut Vec<Violation>) {
         if d.ingress_default == Action::Allow {
             errs.push(Violation::new(
                 net().key("ingress").key("default"),
-                "Bubblewrap: ingress.default 'allow' is not supported",
+                "Bubblewrap: network.ingress.default='allow' is not supported (the sandbox's private network namespace takes no inbound connections)",
             ));
             return;
         }
         if d.host_loopback == Action::Allow {
             errs.push(Violation::new(
                 net().key("ingress").key("hostLoopback"),
-                "Bubblewrap: ingress.hostLoopback 'allow' is not supported",
+                "Bubblewrap: network.ingress.hostLoopback='allow' is not supported (the host's own services stay unreachable from the sandbox)",
             ));
             return;
         }
@@ -224,12 +232,12 @@ fn firewall_plan_limits(doc: &Document, errs: &mut Vec<Violation>) {
                     };
                     for (j, peer) in peers.iter().enumerate() {
                         let pp = rp.key("to").index(j);
-                        if netspec::straddles_v4_mapped(&peer.cidr) {
+                        if !doc.version.is_current() && netspec::straddles_v4_mapped(&peer.cidr) {
                             errs.push(Violation::new(pp.key("cidr"), straddle_msg(&peer.cidr)));
                             continue;
                         }
                         for (k, e) in peer.except.iter().enumerate() {
-                            if netspec::straddles_v4_mapped(e) {
+                            if !doc.version.is_current() && netspec::straddles_v4_mapped(e) {
                                 errs.push(Violation::new(
                                     pp.key("except").index(k),
                                     straddle_msg(e),
@@ -238,7 +246,7 @@ fn firewall_plan_limits(doc: &Document, errs: &mut Vec<Violation>) {
                         }
                         let blocks = netspec::subtract(peer.cidr, &peer.except).len();
                         if blocks > MAX_BLOCKS_PER_PEER {
-                            errs.push(Violation::new(pp, format!("Bubblewrap: this peer expands into {blocks} address blocks (more than {MAX_BLOCKS_PER_PEER}); simplify its except list")));
+                            errs.push(Violation::new(pp, format!("Bubblewrap: this peer expands into more than {MAX_BLOCKS_PER_PEER} address blocks ({blocks} once its except list is subtracted); simplify the except list")));
                         }
                         total += blocks * ports;
                     }
@@ -248,6 +256,39 @@ fn firewall_plan_limits(doc: &Document, errs: &mut Vec<Violation>) {
     }
     if total > MAX_RULES {
         errs.push(Violation::new(net(), format!("Bubblewrap: the egress policy expands into {total} firewall rules (more than {MAX_RULES})")));
+    }
+}
+
+/// Every peer and except block of a directional document that straddles `::ffff:0:0/96`.
+fn v4_mapped_straddles(doc: &Document, errs: &mut Vec<Violation>) {
+    let NetworkSpec::Directional(d) = &doc.network else {
+        return;
+    };
+    let backend = if doc.backend == Backend::Lxc {
+        "LXC"
+    } else {
+        "Bubblewrap"
+    };
+    for (list, rules) in [("allow", &d.allow), ("deny", &d.deny)] {
+        for (i, r) in rules.iter().enumerate() {
+            for (j, peer) in r.to.iter().flatten().enumerate() {
+                let pp = net().key("egress").key(list).index(i).key("to").index(j);
+                if netspec::straddles_v4_mapped(&peer.cidr) {
+                    errs.push(Violation::new(
+                        pp.key("cidr"),
+                        straddle_msg(&peer.cidr).replacen("Bubblewrap", backend, 1),
+                    ));
+                }
+                for (k, e) in peer.except.iter().enumerate() {
+                    if netspec::straddles_v4_mapped(e) {
+                        errs.push(Violation::new(
+                            pp.key("except").index(k),
+                            straddle_msg(e).replacen("Bubblewrap", backend, 1),
+                        ));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -283,10 +324,10 @@ fn lxc(doc: &Document, errs: &mut Vec<Violation>) {
             } else if d.ingress_default == Action::Allow {
                 errs.push(Violation::new(
                     net().key("ingress").key("default"),
-                    "LXC: ingress.default 'allow' (permissive inbound) is not implemented",
+                    "LXC: network.ingress.default='allow' (permissive inbound) is not supported",
                 ));
             } else if d.host_loopback == Action::Allow {
-                errs.push(Violation::new(net().key("ingress").key("hostLoopback"), "LXC: ingress.hostLoopback 'allow' (permissive host-loopback inbound) is not implemented"));
+                errs.push(Violation::new(net().key("ingress").key("hostLoopback"), "LXC: network.ingress.hostLoopback='allow' (permissive host-loopback inbound) is not supported"));
             }
         }
         NetworkSpec::Legacy(l) => lxc_legacy(doc, l, errs),

@@ -84,12 +84,12 @@ mod tests {
 
     #[test]
     fn spelling_does_not_change_the_digest() {
-        let a = parse(r#"{"version":"0.8.0-alpha","process":{"commandLine":"x"},"filesystem":{"readonlyPaths":["/b","/a"]}}"#).unwrap();
+        let a = parse(r#"{"version":"1.0.0","process":{"commandLine":"x"},"filesystem":{"readonlyPaths":["/b","/a"]}}"#).unwrap();
         let b = parse(
             r#"{ "filesystem": { "readonlyPaths": ["/a", "/b", "/a"] },
                  "$schema": "s", "_comment": {"any": 1},
-                 "process": { "commandLine": "x", "cwd": null },
-                 "version": "0.8.0-alpha" }"#,
+                 "process": { "commandLine": "x" },
+                 "version": "1.0.0" }"#,
         )
         .unwrap();
         assert_eq!(canonical_json(&a), canonical_json(&b));
@@ -97,17 +97,47 @@ mod tests {
         assert!(digest(&a).starts_with("sha256:"));
     }
 
+    /// MXC 0.8's reading (explicit `null` is absent) keeps its digests under --mxc-release 0.8.
+    #[test]
+    fn retired_spellings_keep_their_digest() {
+        let opts = crate::ParseOptions {
+            release: crate::MxcRelease::V0_8,
+            ..crate::ParseOptions::executor()
+        };
+        let a = crate::parse_with(r#"{"version":"0.8.0-alpha","process":{"commandLine":"x"},"filesystem":{"readonlyPaths":["/b","/a"]}}"#, &opts).unwrap();
+        let b = crate::parse_with(
+            r#"{ "filesystem": { "readonlyPaths": ["/a", "/b", "/a"] },
+                 "process": { "commandLine": "x", "cwd": null },
+                 "version": "0.8.0-alpha" }"#,
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(digest(&a), digest(&b));
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"filesystem":{"readonlyPaths":["/a","/b"]},"process":{"commandLine":"x"},"version":"0.8.0-alpha"}"#
+        );
+    }
+
     #[test]
     fn meaning_changes_the_digest() {
-        let a = parse(r#"{"version":"0.8.0-alpha","process":{"commandLine":"x"}}"#).unwrap();
-        let b = parse(r#"{"version":"0.8.0-alpha","process":{"commandLine":"y"}}"#).unwrap();
+        let a = parse(r#"{"version":"1.0.0","process":{"commandLine":"x"}}"#).unwrap();
+        let b = parse(r#"{"version":"1.0.0","process":{"commandLine":"y"}}"#).unwrap();
+        assert_ne!(digest(&a), digest(&b));
+        let c = parse(r#"{"version":"1.0.0","process":{"commandLine":"x","env":[]}}"#).unwrap();
+        assert_ne!(
+            digest(&a),
+            digest(&c),
+            "env omitted and [] mean different things"
+        );
         assert_ne!(digest(&a), digest(&b));
     }
 
     #[test]
     fn aliases_canonicalize() {
-        let a = parse(r#"{"version":"0.8.0-alpha","containment":"appcontainer","process":{"commandLine":"x"},"appContainer":{}}"#).unwrap();
-        let b = parse(r#"{"version":"0.8.0-alpha","containment":"processcontainer","process":{"commandLine":"x"},"processContainer":{}}"#).unwrap();
+        // 0.9.0-alpha is the last contract with the aliases.
+        let a = parse(r#"{"version":"0.9.0-alpha","containment":"appcontainer","process":{"commandLine":"x"},"appContainer":{}}"#).unwrap();
+        let b = parse(r#"{"version":"0.9.0-alpha","containment":"processcontainer","process":{"commandLine":"x"},"processContainer":{}}"#).unwrap();
         assert_eq!(canonical_json(&a), canonical_json(&b));
     }
 }

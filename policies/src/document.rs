@@ -1,16 +1,18 @@
 //! Reading an MXC document the way MXC's runtime does, into a [`Document`]: what the document
 //! means, validated. Entry points: [`parse`] and [`parse_with`].
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::contract::RequestRoot;
 use crate::error::{PolicyError, Violation};
 use crate::json::parse_strict;
 use crate::model::{ContainerConfig, Containment};
 use crate::netspec::NetworkSpec;
 use crate::path::JsonPath;
-use crate::version::SchemaVersion;
+use crate::release::MxcRelease;
+use crate::version::{ContractVersion, SchemaVersion};
 use crate::{admission, sandbox_policy, shape, validate};
 
 /// Which authoring shape a document uses.
@@ -32,6 +34,8 @@ pub struct ParseOptions {
     pub require_command: bool,
     /// MXC's `--allow-testing-features`: accept `network.proxy.builtinTestServer`.
     pub allow_testing_features: bool,
+    /// Whose verdicts apply: MXC 1.0's (the default), or MXC 0.8's for retired documents.
+    pub release: MxcRelease,
 }
 
 impl ParseOptions {
@@ -110,6 +114,8 @@ impl Note {
 pub struct Document {
     pub kind: DocumentKind,
     pub version: SchemaVersion,
+    /// The MXC release whose verdicts were applied (`--mxc-release`).
+    pub release: MxcRelease,
     /// The `ContainerConfig` the document means (a `SandboxPolicy` is converted as MXC's SDK does).
     pub config: ContainerConfig,
     pub containment: Containment,
@@ -140,35 +146,139 @@ pub fn parse_value(value: Value, opts: &ParseOptions) -> Result<Document, Policy
         ));
     }
     let kind = opts.kind.unwrap_or_else(|| detect_kind(&value));
-    // Typed first (unknown fields, types), then the shape walk for what serde lets through.
-    let not_arrays = |value: &Value| {
-        let mut errs = Vec::new();
-        shape::check_objects_not_arrays(value, &root, &mut errs);
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(PolicyError::Invalid(errs))
+    let declared = value.get("version");
+    let registered = declared
+        .and_then(Value::as_str)
+        .and_then(ContractVersion::parse_exact)
+        .filter(|v| v.is_registered());
+    let doc = match registered {
+        Some(version) => read_current(&value, kind, version, opts)?,
+        None if opts.release.reads_retired() => read_retired(&value, kind, opts)?,
+        None => {
+            // MXC 1.0's stage 1: only a registered version reaches the contracts. A SandboxPolicy
+            // without a version was refused by MXC's SDK too.
+            let refusal =
+                crate::version::check_registered(declared).expect_err("not a registered version");
+            return Err(PolicyError::one(root.key("version"), refusal.message));
         }
     };
-    let doc = match kind {
+    admission::check(&doc)?;
+    Ok(doc)
+}
+
+fn not_arrays(value: &Value) -> Result<(), PolicyError> {
+    let mut errs = Vec::new();
+    shape::check_objects_not_arrays(value, &JsonPath::root(), &mut errs);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::Invalid(errs))
+    }
+}
+
+/// A retired document, read exactly as MXC 0.8's runtime read it (`--mxc-release 0.8`).
+fn read_retired(
+    value: &Value,
+    kind: DocumentKind,
+    opts: &ParseOptions,
+) -> Result<Document, PolicyError> {
+    let root = JsonPath::root();
+    // Typed first (unknown fields, types), then the shape walk for what serde lets through.
+    if kind == DocumentKind::ContainerConfig
+        && let Some((path, message)) = crate::model::retired_unknown_field(value)
+    {
+        return Err(PolicyError::one(path, message));
+    }
+    match kind {
         DocumentKind::ContainerConfig => {
-            let cfg: ContainerConfig = typed_at(&value, &root)?;
-            not_arrays(&value)?;
-            validate::runtime(cfg, &value, kind, opts)?
+            let cfg: ContainerConfig = typed_at(value, &root)?;
+            not_arrays(value)?;
+            validate::runtime(cfg, value, kind, opts)
         }
         DocumentKind::SandboxPolicy => {
-            let cfg = sandbox_policy::to_container_config(&value)?;
-            not_arrays(&value)?;
+            let cfg = sandbox_policy::to_container_config(value)?;
+            not_arrays(value)?;
             let raw = serde_json::to_value(&cfg).expect("model serializes");
             let opts = ParseOptions {
                 require_command: false,
                 ..opts.clone()
             };
-            validate::runtime(cfg, &raw, kind, &opts)?
+            validate::runtime(cfg, &raw, kind, &opts)
         }
-    };
-    admission::check(&doc)?;
-    Ok(doc)
+    }
+}
+
+/// A document that declares one of MXC 1.0's registered contracts: its exact shape first, then
+/// MXC 1.0's runtime rules.
+fn read_current(
+    value: &Value,
+    kind: DocumentKind,
+    version: ContractVersion,
+    opts: &ParseOptions,
+) -> Result<Document, PolicyError> {
+    let root = JsonPath::root();
+    match kind {
+        DocumentKind::ContainerConfig => {
+            let obj = value.as_object().expect("checked by the caller");
+            let request_root = crate::contract::current::select_root(obj, version)?;
+            let shape =
+                crate::contract::current::root_shape(version, request_root).ok_or_else(|| {
+                    PolicyError::one(
+                        root.key("phase"),
+                        format!(
+                            "contract {version} has no {} request root",
+                            request_root.as_str()
+                        ),
+                    )
+                })?;
+            let mut errs = Vec::new();
+            crate::contract::current::check_root(obj, shape, version, request_root, &mut errs);
+            if !opts.require_command && request_root == RequestRoot::OneShot {
+                // The command comes from elsewhere (`agentcell run -- CMD`, a container image).
+                let process = root.key("process");
+                let command = process.key("commandLine");
+                errs.retain(|e| {
+                    !(e.message == "missing required field"
+                        && (e.path == process || e.path == command))
+                });
+            }
+            if !errs.is_empty() {
+                return Err(PolicyError::Invalid(errs));
+            }
+            if request_root.is_state_aware() {
+                return Err(PolicyError::one(
+                    root.key("phase"),
+                    format!(
+                        "a state-aware {} request: agentcell runs one-shot requests only (MXC error code {}); check it with `agentcell policy check`",
+                        request_root.as_str(),
+                        crate::request::ErrorCode::UnsupportedPhase.as_str()
+                    ),
+                ));
+            }
+            // The exact shape has been checked: read it without serde_path_to_error's tracking
+            // (kept for the message if serde still refuses something).
+            let cfg = match ContainerConfig::deserialize(value) {
+                Ok(c) => c,
+                Err(_) => typed_at(value, &root)?,
+            };
+            validate::current(cfg, value, kind, version, opts)
+        }
+        DocumentKind::SandboxPolicy => {
+            let mut errs = Vec::new();
+            shape::check_no_null_outside_comment(value, &root, &mut errs);
+            if !errs.is_empty() {
+                return Err(PolicyError::Invalid(errs));
+            }
+            let cfg = sandbox_policy::to_container_config_current(value, version)?;
+            not_arrays(value)?;
+            let raw = serde_json::to_value(&cfg).expect("model serializes");
+            let opts = ParseOptions {
+                require_command: false,
+                ..opts.clone()
+            };
+            validate::current(cfg, &raw, kind, version, &opts)
+        }
+    }
 }
 
 /// `process` means a `ContainerConfig`; a field only the SDK shape has means a `SandboxPolicy`;
@@ -216,6 +326,12 @@ pub fn detect_kind(v: &Value) -> DocumentKind {
         &["network", "enforcementMode"],
         &["ui", "disable"],
         &["ui", "injection"],
+        &["telemetry"],
+        &["wslc"],
+        &["hyperlight"],
+        &["test"],
+        &["windowsSandbox"],
+        &["isolationSession"],
     ];
     if wire_only.iter().any(|p| has(p)) || !has(&["version"]) {
         return DocumentKind::ContainerConfig;

@@ -1,6 +1,8 @@
-//! The MXC `ContainerConfig` as MXC's runtime parser reads it (the 0.9.0-dev superset of the
-//! published 0.6/0.7/0.8 contracts). Every object is closed; `experimental` is open at run time as
-//! in MXC. The stricter per-version contracts are applied on top by [`crate::contract`].
+//! The MXC `ContainerConfig`: one model for every version. For the retired 0.6–0.8 documents it is
+//! what MXC 0.8's runtime parser read (the 0.9.0-dev superset of those contracts; `experimental`
+//! open at run time), and the fields MXC added later ([`CURRENT_ONLY`]) are refused there. For
+//! MXC 1.0's registered contracts the exact shapes ([`crate::contract::current`]) are checked
+//! first, then the document is read into this model. Every object is closed.
 //!
 //! Field spellings, aliases and enum values follow MXC exactly; see `../shared/mxc-conformance`.
 
@@ -56,6 +58,62 @@ pub struct ContainerConfig {
     pub sandbox_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_vector: Option<String>,
+    // Since 0.9.0-alpha (MXC 1.0's contracts): permanent sections that left `experimental`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<Telemetry>,
+    /// The one-shot WSLC section (0.8: `experimental.wslc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wslc: Option<Wslc>,
+    /// 1.1.0-alpha: the Hyperlight guest runtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hyperlight: Option<Hyperlight>,
+    /// 1.1.0-alpha: the placeholder development feature (0.8: `experimental.test`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<TestFeature>,
+    /// 1.1.0-alpha: one-shot Windows Sandbox settings (0.8: `experimental.windows_sandbox`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_sandbox: Option<WindowsSandbox>,
+    /// The IsolationSession provision settings (0.8: `experimental.isolation_session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation_session: Option<IsolationSession>,
+}
+
+/// Fields (JSON paths, `*` for any section holding the key) that exist only in MXC 1.0's
+/// registered contracts; MXC 0.8's parser refused them as unknown.
+pub const CURRENT_ONLY: &[(&str, &str)] = &[
+    ("", "telemetry"),
+    ("", "wslc"),
+    ("", "hyperlight"),
+    ("", "test"),
+    ("", "windowsSandbox"),
+    ("", "isolationSession"),
+    ("process", "inheritDefaultEnv"),
+    ("processContainer", "filesystem"),
+    ("appContainer", "filesystem"),
+];
+
+/// The first [`CURRENT_ONLY`] field in a retired document, as MXC 0.8's serde reader named it.
+pub fn retired_unknown_field(raw: &Value) -> Option<(crate::path::JsonPath, String)> {
+    let root = crate::path::JsonPath::root();
+    for (section, key) in CURRENT_ONLY {
+        let (holder, path) = if section.is_empty() {
+            (Some(raw), root.clone())
+        } else {
+            (raw.get(*section), root.key(section))
+        };
+        if holder
+            .and_then(Value::as_object)
+            .is_some_and(|o| o.contains_key(*key))
+        {
+            return Some((
+                path.key(key),
+                format!(
+                    "unknown field `{key}`: it exists from MXC contract 0.9.0-alpha on, and this document declares a retired version"
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Containment backends and abstract intents. Aliases are folded into their canonical variant.
@@ -126,6 +184,9 @@ pub struct Process {
     /// Wall-clock timeout in milliseconds; 0 means none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<u32>,
+    /// 0.9.0-alpha: layer `env` on top of MXC's default environment instead of replacing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherit_default_env: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -309,6 +370,24 @@ pub struct ProcessContainer {
     pub ui: Option<ProcessContainerUi>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<ProcessContainerNetwork>,
+    /// 0.9.0-alpha: Windows ProcessContainer enumerate-only paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<ProcessContainerFilesystem>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProcessContainerFilesystem {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enumerate_paths: Option<Vec<String>>,
+}
+
+/// 1.1.0-alpha: `hyperlight.runtime`, the guest runtime `process.commandLine` is source for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hyperlight {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -490,6 +569,9 @@ pub struct WslcProvision {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_tar_path: Option<String>,
+    /// 1.1.0-alpha.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mappings: Option<Vec<PortMapping>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

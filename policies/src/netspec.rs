@@ -153,6 +153,27 @@ pub fn parse_cidr_strict(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
+/// Parses a CIDR as MXC 1.0 does ([`parse_cidr_strict`]), and reads an IPv4-mapped IPv6 block
+/// (`::ffff:a.b.c.d/96+n`) as the IPv4 block it names: the kernel sees those destinations as IPv4
+/// traffic, so an IPv6 rule for them would match nothing.
+pub fn parse_cidr_current(s: &str) -> Result<IpNet, String> {
+    let net = parse_cidr_strict(s)?;
+    Ok(fold_v4_mapped(net))
+}
+
+/// `::ffff:a.b.c.d/96+n` → `a.b.c.d/n`; everything else unchanged.
+pub fn fold_v4_mapped(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+    {
+        return IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96)
+            .expect("prefix - 96 <= 32")
+            .trunc();
+    }
+    net
+}
+
 /// Parses a legacy host-list entry the way MXC's Linux backends do: trimmed; an IP literal or
 /// CIDR with host bits allowed (masked); IPv4-mapped IPv6 folded to IPv4; otherwise a name.
 pub fn parse_host_entry(raw: &str) -> HostEntry {
@@ -433,6 +454,29 @@ mod subtract_tests {
             vec![n("10.0.0.0/8")]
         );
         assert_eq!(subtract(n("10.0.0.0/8"), &[]), vec![n("10.0.0.0/8")]);
+    }
+
+    #[test]
+    fn v4_mapped_folds_to_ipv4() {
+        assert_eq!(
+            parse_cidr_current("::ffff:10.1.2.0/120").unwrap(),
+            n("10.1.2.0/24")
+        );
+        assert_eq!(parse_cidr_current("::ffff:0:0/96").unwrap(), n("0.0.0.0/0"));
+        assert_eq!(
+            parse_cidr_current("::ffff:198.18.0.1").unwrap(),
+            n("198.18.0.1/32")
+        );
+        assert_eq!(
+            parse_cidr_current("2001:db8::/32").unwrap(),
+            n("2001:db8::/32")
+        );
+        // Shorter than /96: stays IPv6 (and is refused by the backend rules when it straddles).
+        assert_eq!(parse_cidr_current("::/0").unwrap(), n("::/0"));
+        assert!(
+            parse_cidr_current("::ffff:10.1.2.3/120").is_err(),
+            "host bits"
+        );
     }
 
     #[test]

@@ -209,3 +209,80 @@ pub fn to_container_config(value: &Value) -> Result<ContainerConfig, PolicyError
     }
     Ok(cfg)
 }
+
+/// A `SandboxPolicy` that declares one of MXC 1.0's registered contracts: only the directional
+/// network exists there (`allowOutbound`, `allowLocalNetwork`, `allowedHosts`, `blockedHosts`
+/// and `proxy` were removed with MXC's legacy network fields), and the conversion is MXC's SDK
+/// conversion as for 0.8.
+pub fn to_container_config_current(
+    value: &Value,
+    version: crate::version::ContractVersion,
+) -> Result<ContainerConfig, PolicyError> {
+    let root = JsonPath::root();
+    let p: SandboxPolicy = crate::document::typed_at(value, &root)?;
+    if let Some(n) = &p.network {
+        for (k, present) in [
+            ("allowOutbound", n.allow_outbound.is_some()),
+            ("allowLocalNetwork", n.allow_local_network.is_some()),
+            ("allowedHosts", n.allowed_hosts.is_some()),
+            ("blockedHosts", n.blocked_hosts.is_some()),
+            ("proxy", n.proxy.is_some()),
+        ] {
+            if present {
+                return Err(PolicyError::one(
+                    root.key("network").key(k),
+                    format!(
+                        "unknown field: MXC removed the legacy network fields in 0.9.0-alpha (this document declares {version}); use network.egress / network.ingress and runtimeConfig.networkProxy, or `agentcell policy migrate` on the 0.8 document"
+                    ),
+                ));
+            }
+        }
+    }
+    let fs = p.filesystem.clone().unwrap_or_default();
+    let ui = p.ui.clone().unwrap_or_default();
+    let net = p.network.clone().unwrap_or_default();
+    let peer = p
+        .process_container
+        .as_ref()
+        .and_then(|c| c.network.as_ref())
+        .and_then(|n| n.allowed_proxy_peer.clone());
+    Ok(ContainerConfig {
+        version: p.version.clone(),
+        containment: Some(Containment::Process),
+        lifecycle: Some(Lifecycle {
+            destroy_on_exit: Some(true),
+            preserve_policy: Some(!fs.clear_policy_on_exit.unwrap_or(true)),
+        }),
+        process: Some(Process {
+            timeout: Some(p.timeout_ms.unwrap_or(0)),
+            ..Process::default()
+        }),
+        filesystem: Some(Filesystem {
+            readwrite_paths: Some(fs.readwrite_paths.unwrap_or_default()),
+            readonly_paths: Some(fs.readonly_paths.unwrap_or_default()),
+            denied_paths: Some(fs.denied_paths.unwrap_or_default()),
+        }),
+        ui: Some(Ui {
+            disable: Some(!ui.allow_windows.unwrap_or(false)),
+            clipboard: Some(ui.clipboard.unwrap_or(Clipboard::None)),
+            injection: Some(ui.allow_input_injection.unwrap_or(false)),
+        }),
+        network: (net.egress.is_some() || net.ingress.is_some()).then(|| Network {
+            egress: net.egress,
+            ingress: net.ingress,
+            ..Network::default()
+        }),
+        runtime_config: p
+            .runtime_config
+            .as_ref()
+            .filter(|r| r.network_proxy.is_some())
+            .cloned(),
+        process_container: peer.map(|peer| ProcessContainer {
+            network: Some(ProcessContainerNetwork {
+                allowed_proxy_peer: Some(peer),
+            }),
+            ..ProcessContainer::default()
+        }),
+        ..ContainerConfig::default()
+    })
+}

@@ -191,6 +191,7 @@ pub fn runtime(
     Ok(Document {
         kind,
         version,
+        release: opts.release,
         config: cfg,
         containment,
         backend,
@@ -414,7 +415,15 @@ fn check_network(
         return NetworkSpec::Legacy(legacy_defaults());
     }
     if !has_legacy && version.supports_directional() {
-        NetworkSpec::Directional(directional(&net, runtime_proxy, peer, cfg, raw, errs))
+        NetworkSpec::Directional(directional(
+            &net,
+            runtime_proxy,
+            peer,
+            cfg,
+            raw,
+            false,
+            errs,
+        ))
     } else {
         NetworkSpec::Legacy(legacy(&net, errs))
     }
@@ -513,12 +522,16 @@ fn legacy_proxy(p: &Proxy, path: &JsonPath, errs: &mut Errs) -> Option<ProxySpec
     None
 }
 
+/// The directional network. `current`: MXC 1.0's reading (IPv4-mapped IPv6 read as IPv4; a
+/// runtime proxy must be on loopback only for host-process backends, WSLc's is routable from its
+/// container).
 fn directional(
     net: &Network,
     runtime_proxy: Option<String>,
     peer: Option<String>,
     cfg: &ContainerConfig,
     raw: &Value,
+    current: bool,
     errs: &mut Errs,
 ) -> DirectionalNetwork {
     let np = root().key("network");
@@ -538,7 +551,7 @@ fn directional(
         ("deny", &egress.deny, &mut out.deny),
     ] {
         for (i, r) in rules.iter().flatten().enumerate() {
-            if let Some(spec) = rule(r, &np.key("egress").key(list).index(i), errs) {
+            if let Some(spec) = rule(r, &np.key("egress").key(list).index(i), current, errs) {
                 dst.push(spec);
             }
         }
@@ -548,8 +561,10 @@ fn directional(
         match netspec::parse_proxy_url(u) {
             Err(m) => errs.push(Violation::new(proxy_path.clone(), m)),
             Ok(mut spec) => {
+                let routable_from_container = current && cfg.containment == Some(Containment::Wslc);
                 if let ProxyEndpoint::Host { host, .. } = &spec.endpoint
                     && !netspec::is_canonical_loopback(host)
+                    && !routable_from_container
                 {
                     errs.push(Violation::new(
                         proxy_path.clone(),
@@ -621,7 +636,17 @@ fn directional(
     out
 }
 
-fn rule(r: &crate::model::Rule, path: &JsonPath, errs: &mut Errs) -> Option<RuleSpec> {
+fn rule(
+    r: &crate::model::Rule,
+    path: &JsonPath,
+    current: bool,
+    errs: &mut Errs,
+) -> Option<RuleSpec> {
+    let parse = if current {
+        netspec::parse_cidr_current
+    } else {
+        netspec::parse_cidr_strict
+    };
     let before = errs.len();
     if r.to.as_ref().is_some_and(Vec::is_empty) {
         errs.push(Violation::new(
@@ -638,7 +663,7 @@ fn rule(r: &crate::model::Rule, path: &JsonPath, errs: &mut Errs) -> Option<Rule
     let mut to = Vec::new();
     for (j, peer) in r.to.iter().flatten().enumerate() {
         let pp = || path.key("to").index(j);
-        let cidr = match netspec::parse_cidr_strict(&peer.cidr) {
+        let cidr = match parse(&peer.cidr) {
             Ok(c) => c,
             Err(m) => {
                 errs.push(Violation::new(
@@ -651,7 +676,7 @@ fn rule(r: &crate::model::Rule, path: &JsonPath, errs: &mut Errs) -> Option<Rule
         let mut except = Vec::new();
         for (k, e) in peer.except.iter().flatten().enumerate() {
             let ep = || pp().key("except").index(k);
-            match netspec::parse_cidr_strict(e) {
+            match parse(e) {
                 Err(m) => errs.push(Violation::new(
                     ep(),
                     format!("{e:?} is not a valid network CIDR: {m}"),
@@ -841,6 +866,198 @@ fn check_experimental(cfg: &ContainerConfig, errs: &mut Errs) {
                     ),
                 ));
             }
+        }
+    }
+}
+
+/// MXC 1.0's runtime rules for a one-shot document that declares a registered contract and passed
+/// its exact shape ([`crate::contract::current`]): what MXC checks when it converts the request
+/// to run it. Legacy network fields cannot occur (the shapes have none).
+pub fn current(
+    cfg: ContainerConfig,
+    raw: &Value,
+    kind: DocumentKind,
+    version: crate::version::ContractVersion,
+    opts: &ParseOptions,
+) -> Result<Document, PolicyError> {
+    let mut errs = Errs::new();
+    let mut notes = Vec::new();
+
+    if let Some(c) = cfg.process.as_ref().and_then(|p| p.command_line.as_deref())
+        && c.contains('\0')
+    {
+        errs.push(Violation::new(
+            root().key("process").key("commandLine"),
+            "must not contain null bytes",
+        ));
+    }
+    if opts.require_command && cfg.process.is_none() {
+        errs.push(Violation::new(root().key("process"), "section is required"));
+    }
+    bail(std::mem::take(&mut errs))?;
+
+    let containment = cfg.containment.unwrap_or(Containment::Process);
+    let backend = Backend::for_linux(containment);
+    check_current_backend_sections(&cfg, raw, backend, &mut errs);
+    bail(std::mem::take(&mut errs))?;
+
+    if let Some(pc) = &cfg.process_container {
+        let key = if raw.get("appContainer").is_some() {
+            "appContainer"
+        } else {
+            "processContainer"
+        };
+        if let Some(out) = pc
+            .capture_denials
+            .as_ref()
+            .and_then(|c| c.output_path.as_deref())
+            && !out.starts_with('/')
+            && !is_windows_absolute(out)
+        {
+            errs.push(Violation::new(
+                root().key(key).key("captureDenials").key("outputPath"),
+                "must be an absolute path",
+            ));
+        }
+    }
+    bail(std::mem::take(&mut errs))?;
+
+    let filesystem = check_filesystem(&cfg, &mut errs, &mut notes);
+    bail(std::mem::take(&mut errs))?;
+
+    let net = cfg.network.clone().unwrap_or_default();
+    let runtime_proxy = cfg
+        .runtime_config
+        .as_ref()
+        .and_then(|r| r.network_proxy.clone());
+    let peer = cfg
+        .process_container
+        .as_ref()
+        .and_then(|p| p.network.as_ref())
+        .and_then(|n| n.allowed_proxy_peer.clone());
+    let network = NetworkSpec::Directional(directional(
+        &net,
+        runtime_proxy,
+        peer,
+        &cfg,
+        raw,
+        true,
+        &mut errs,
+    ));
+    bail(std::mem::take(&mut errs))?;
+
+    if let Some(w) = &cfg.wslc {
+        check_port_mappings(
+            w.port_mappings.as_deref().unwrap_or_default(),
+            &root().key("wslc").key("portMappings"),
+            &mut errs,
+        );
+    }
+    bail(errs)?;
+
+    Ok(Document {
+        kind,
+        version: SchemaVersion::Current(version),
+        release: opts.release,
+        config: cfg,
+        containment,
+        backend,
+        filesystem,
+        network,
+        notes,
+    })
+}
+
+/// WSLC port mappings: one mapping per Windows port (TCP is the only protocol).
+pub fn check_port_mappings(maps: &[crate::model::PortMapping], path: &JsonPath, errs: &mut Errs) {
+    let mut seen = BTreeSet::new();
+    for (i, m) in maps.iter().enumerate() {
+        if !seen.insert(m.windows_port) {
+            errs.push(Violation::new(
+                path.index(i).key("windowsPort"),
+                format!(
+                    "duplicate windowsPort {} for protocol 'tcp'",
+                    m.windows_port
+                ),
+            ));
+        }
+    }
+}
+
+/// MXC 1.0: at most one backend section ("Multiple containment backends configured"), and only
+/// the one the resolved containment uses.
+fn check_current_backend_sections(
+    cfg: &ContainerConfig,
+    raw: &Value,
+    backend: Backend,
+    errs: &mut Errs,
+) {
+    let pc_key = if raw.get("appContainer").is_some() {
+        "appContainer"
+    } else {
+        "processContainer"
+    };
+    let sb_key = if raw.get("macos_sandbox").is_some() {
+        "macos_sandbox"
+    } else {
+        "seatbelt"
+    };
+    let present: Vec<(&str, Containment)> = [
+        (
+            cfg.process_container.is_some(),
+            pc_key,
+            Containment::ProcessContainer,
+        ),
+        (cfg.lxc.is_some(), "lxc", Containment::Lxc),
+        (cfg.seatbelt.is_some(), sb_key, Containment::Seatbelt),
+        (cfg.wslc.is_some(), "wslc", Containment::Wslc),
+        (
+            cfg.hyperlight.is_some(),
+            "hyperlight",
+            Containment::Hyperlight,
+        ),
+        (
+            cfg.windows_sandbox.is_some(),
+            "windowsSandbox",
+            Containment::WindowsSandbox,
+        ),
+    ]
+    .into_iter()
+    .filter(|(p, _, _)| *p)
+    .map(|(_, n, c)| (n, c))
+    .collect();
+    if present.len() > 1 {
+        let names: Vec<&str> = present.iter().map(|(n, _)| *n).collect();
+        errs.push(Violation::new(
+            root().key(present[1].0),
+            format!(
+                "Multiple containment backends configured ({}); keep only the section of the containment this document uses",
+                names.join(", ")
+            ),
+        ));
+        return;
+    }
+    let resolved = backend.resolved_containment();
+    for (name, owner) in present {
+        if owner != resolved {
+            let owns = match resolved {
+                Containment::ProcessContainer => {
+                    "allows the 'processContainer' section".to_string()
+                }
+                Containment::Lxc => "allows the 'lxc' section".to_string(),
+                Containment::Seatbelt => "allows the 'seatbelt' section".to_string(),
+                Containment::Wslc => "allows the 'wslc' section".to_string(),
+                Containment::Hyperlight => "allows the 'hyperlight' section".to_string(),
+                Containment::WindowsSandbox => "allows the 'windowsSandbox' section".to_string(),
+                _ => "has no per-backend section".to_string(),
+            };
+            errs.push(Violation::new(
+                root().key(name),
+                format!(
+                    "backend section for another containment: 'containment' resolves to '{}' on Linux, which {owns}; remove the unused section",
+                    resolved.as_str()
+                ),
+            ));
         }
     }
 }

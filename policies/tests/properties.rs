@@ -87,7 +87,7 @@ proptest! {
                            timeout in 0u32..100_000, pad in "[ \n\t]{0,3}", reverse in any::<bool>()) {
         let fsobj = serde_json::json!({"readonlyPaths": ro, "readwritePaths": rw});
         let mut fields = [
-            ("version".to_string(), serde_json::json!("0.8.0-alpha")),
+            ("version".to_string(), serde_json::json!("1.0.0")),
             ("process".to_string(), serde_json::json!({"commandLine": "true", "timeout": timeout})),
             ("filesystem".to_string(), fsobj),
         ];
@@ -100,7 +100,7 @@ proptest! {
         let c1 = canonical::canonical_json(&doc);
         let again = parse_with(&c1, &ParseOptions::default()).unwrap();
         prop_assert_eq!(&canonical::canonical_json(&again), &c1);
-        let plain = format!("{{\"filesystem\":{},\"process\":{{\"commandLine\":\"true\",\"timeout\":{timeout}}},\"version\":\"0.8.0-alpha\"}}",
+        let plain = format!("{{\"filesystem\":{},\"process\":{{\"commandLine\":\"true\",\"timeout\":{timeout}}},\"version\":\"1.0.0\"}}",
             serde_json::json!({"readwritePaths": rw, "readonlyPaths": ro}));
         let other = parse_with(&plain, &ParseOptions::default()).unwrap();
         prop_assert_eq!(canonical::digest(&doc), canonical::digest(&other));

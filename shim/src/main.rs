@@ -8,10 +8,11 @@ use clap::{Parser, Subcommand};
 
 /// Run AI agents' code confined by Microsoft MXC policies, on any Linux host or Kubernetes node.
 ///
-/// agentcell reads MXC configuration documents (a ContainerConfig, or the SDK's SandboxPolicy;
-/// schema 0.6 to 0.9) with MXC's own verdicts, and compiles each accepted document into one
-/// enforcement plan: mounts, Landlock, seccomp, and an nftables fence in a private network
-/// namespace.
+/// agentcell reads MXC configuration documents (a ContainerConfig, or the SDK's SandboxPolicy)
+/// with MXC 1.0's own verdicts: the registered contracts 0.9.0-alpha, 1.0.0 and 1.1.0-alpha
+/// (`--mxc-release 0.8` also reads the retired 0.6-0.8 ones as MXC 0.8 did; `policy migrate`
+/// rewrites them as 1.0.0). Each accepted document compiles into one enforcement plan: mounts,
+/// Landlock, seccomp, and an nftables fence in a private network namespace.
 #[derive(Debug, Parser)]
 #[command(
     name = "agentcell",

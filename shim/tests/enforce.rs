@@ -7,7 +7,7 @@ use common::{Fixture, require_root, sh};
 use serde_json::json;
 
 fn policy(f: &Fixture, rw: &[String], ro: &[String], denied: &[String]) -> String {
-    f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": rw, "readonlyPaths": ro, "deniedPaths": denied}}))
+    f.policy(&json!({"version": "1.0.0", "filesystem": {"readwritePaths": rw, "readonlyPaths": ro, "deniedPaths": denied}}))
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn environment_and_working_directory() {
     require_root();
     let f = Fixture::new("env");
     f.mkdir("work");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "process": {"cwd": f.p("work"), "env": ["GREETING=hello world", "EQ=a=b"]},
+    let p = f.policy(&json!({"version": "1.0.0", "process": {"cwd": f.p("work"), "env": ["GREETING=hello world", "EQ=a=b"]},
         "filesystem": {"readwritePaths": [f.p("work")]}}));
     // SAFETY: set before any thread of this test reads the environment of the sandbox.
     let r = common::agentcell(&[
@@ -159,9 +159,8 @@ fn environment_and_working_directory() {
         format!("{}\nhello world|a=b|nohome\n", f.p("work"))
     );
     // Without a cwd, the first read-write path (MXC's ProcessContainer rule).
-    let p2 = f.policy(
-        &json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": [f.p("work")]}}),
-    );
+    let p2 =
+        f.policy(&json!({"version": "1.0.0", "filesystem": {"readwritePaths": [f.p("work")]}}));
     let r = common::sh(&p2, "pwd");
     assert_eq!(r.stdout.trim(), f.p("work"));
 }
@@ -171,7 +170,7 @@ fn timeout_kills_background_children_and_exit_codes() {
     require_root();
     let f = Fixture::new("timeout");
     let marker = f.mkdir("m");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": [f.p("m")]}, "timeoutMs": 800}));
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readwritePaths": [f.p("m")]}, "timeoutMs": 800}));
     let start = std::time::Instant::now();
     let r = sh(
         &p,
@@ -195,7 +194,7 @@ fn timeout_kills_background_children_and_exit_codes() {
         "deadline overshoot: {took:?}"
     );
 
-    let p = f.policy(&json!({"version": "0.8.0-alpha"}));
+    let p = f.policy(&json!({"version": "1.0.0"}));
     assert_eq!(sh(&p, "exit 7").code, 7);
     assert_eq!(sh(&p, "kill -TERM $$").code, 128 + 15);
     assert_eq!(sh(&p, "kill -KILL $$").code, 128 + 9);
@@ -205,7 +204,7 @@ fn timeout_kills_background_children_and_exit_codes() {
 fn rejected_configurations_exit_125_with_the_field() {
     require_root();
     let f = Fixture::new("reject");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "network": {"egress": {"allow": [{"to": [{"cidr": "10.0.0.0/8", "except": ["11.0.0.0/8"]}]}]}}}));
+    let p = f.policy(&json!({"version": "1.0.0", "network": {"egress": {"allow": [{"to": [{"cidr": "10.0.0.0/8", "except": ["11.0.0.0/8"]}]}]}}}));
     let r = sh(&p, "true");
     assert_eq!(r.code, 125);
     assert!(
@@ -221,9 +220,7 @@ fn rejected_configurations_exit_125_with_the_field() {
         "network.egress.allow[0].to[0].except[0]"
     );
     // A relative path is refused before anything starts.
-    let p = f.policy(
-        &json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": ["relative/x"]}}),
-    );
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": ["relative/x"]}}));
     let r = sh(&p, "echo SHOULD_NOT_RUN");
     assert_eq!(r.code, 125);
     assert!(!r.stdout.contains("SHOULD_NOT_RUN"));
@@ -233,7 +230,7 @@ fn rejected_configurations_exit_125_with_the_field() {
 fn best_effort_reports_every_missing_right() {
     require_root();
     let f = Fixture::new("besteffort");
-    let p = f.policy(&json!({"version": "0.8.0-alpha"}));
+    let p = f.policy(&json!({"version": "1.0.0"}));
     let run = |extra: &[&str]| {
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
@@ -292,7 +289,7 @@ fn missing_denied_paths_are_masked_only_where_they_could_be_created() {
 fn audit_reports_landlock_denials() {
     require_root();
     let f = Fixture::new("audit");
-    let p = f.policy(&json!({"version": "0.8.0-alpha"}));
+    let p = f.policy(&json!({"version": "1.0.0"}));
     let report = f.path("audit.jsonl");
     let r = common::agentcell(&[
         "run",
@@ -350,7 +347,7 @@ fn rootfs_paths_are_paths_inside_the_image() {
     f.write("rootfs/etc/secret", "IMG_SECRET");
     // An absolute symlink inside the image resolves inside the image, not on the host.
     std::os::unix::fs::symlink("/etc/secret", f.path("rootfs/work/link")).unwrap();
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]}}));
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/secret"]}}));
     let r = common::agentcell(&[
         "run",
         "--rootfs",
@@ -382,8 +379,7 @@ fn killing_the_runner_kills_the_sandbox_and_the_next_run_sweeps_its_state() {
     let f = Fixture::new("kill9");
     let state = f.mkdir("state");
     let marker = f.mkdir("m");
-    let p =
-        f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": [f.p("m")]}}));
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readwritePaths": [f.p("m")]}}));
     let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_agentcell"))
         .args([
             "run",

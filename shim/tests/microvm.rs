@@ -102,7 +102,7 @@ fn assert_nothing_left() {
 fn the_workload_runs_on_the_guest_kernel_with_its_exit_codes() {
     let _vm = setup();
     let f = Fixture::new("vm-basic");
-    let p = f.policy(&json!({"version": "0.8.0-alpha"}));
+    let p = f.policy(&json!({"version": "1.0.0"}));
     let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let r = vm_sh(&p, "uname -r; echo to-stderr >&2; exit 3");
     assert_eq!(r.code, 3, "{}", r.stderr);
@@ -139,7 +139,7 @@ fn the_filesystem_policy_holds_in_the_guest_and_writes_reach_the_host() {
     f.write("rw/.env", "SECRET=1");
     f.write("ro/readme", "read me");
     f.write("outside.txt", "NOT-GRANTED");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {
         "readwritePaths": [f.p("rw")], "readonlyPaths": [f.p("ro")], "deniedPaths": [f.p("rw/.env")]}}));
     let script = format!(
         "cat {rw}/.env; \
@@ -189,7 +189,7 @@ fn the_egress_fence_judges_the_guests_traffic() {
     let _h = TestHost::new(70, &[8080, 8081]);
     let f = Fixture::new("vm-net");
     let script = f.write("probe/probe.py", PROBE);
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]},
         "network": {"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.70.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}}));
     let r = vm_run(
         &p,
@@ -232,12 +232,12 @@ fn the_egress_fence_judges_the_guests_traffic() {
 fn the_timeout_kills_the_workload_with_124_and_config_errors_are_125() {
     let _vm = setup();
     let f = Fixture::new("vm-timeout");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "timeoutMs": 1500}));
+    let p = f.policy(&json!({"version": "1.0.0", "timeoutMs": 1500}));
     let r = vm_sh(&p, "sleep 60");
     assert_eq!(r.code, 124, "{}", r.stderr);
     assert!(r.stderr.contains("timed out"), "{}", r.stderr);
     // A missing working directory is refused before any VM boots, naming the field.
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "process": {"cwd": "/nonexistent-dir"}}));
+    let p = f.policy(&json!({"version": "1.0.0", "process": {"cwd": "/nonexistent-dir"}}));
     let r = agentcell(&[
         "run",
         "--isolation",
@@ -286,7 +286,7 @@ fn exec_runs_a_container_config_in_the_vm() {
     let _vm = setup();
     let f = Fixture::new("vm-exec");
     let cfg = f.policy(
-        &json!({"version": "0.8.0-alpha", "process": {"commandLine": "echo from-config; exit 7"}}),
+        &json!({"version": "1.0.0", "process": {"commandLine": "echo from-config; exit 7"}}),
     );
     let r = agentcell(&["exec", "--isolation", "microvm", &cfg]);
     assert_eq!(r.code, 7, "{}", r.stderr);
@@ -303,7 +303,7 @@ fn qemu_itself_sees_only_the_granted_view() {
     let f = Fixture::new("vm-view");
     f.write("rw/.env", "SECRET=1");
     f.write("outside.txt", "NOT-GRANTED");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {
         "readwritePaths": [f.p("rw")], "deniedPaths": [f.p("rw/.env")]}}));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentcell"))
         .args([

@@ -44,7 +44,7 @@ fn probe(
     targets: &[&str],
 ) -> std::collections::BTreeMap<String, String> {
     let script = f.write("probe/probe.py", PROBE);
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]}, "network": network}));
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]}, "network": network}));
     let mut args = vec![
         "run",
         "--policy",
@@ -131,7 +131,7 @@ fn the_host_is_closed_and_the_workload_cannot_change_its_rules() {
     );
 
     let script = f.write("probe/probe.py", PROBE);
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]},
         "network": {"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.12.3/32"}]}]}}}));
     let r = common::agentcell(&[
         "run",
@@ -158,8 +158,7 @@ fn the_host_is_closed_and_the_workload_cannot_change_its_rules() {
 fn links_and_namespaces_are_gone_after_exit() {
     require_root();
     let f = Fixture::new("net-clean");
-    let p =
-        f.policy(&json!({"version": "0.8.0-alpha", "network": {"egress": {"default": "allow"}}}));
+    let p = f.policy(&json!({"version": "1.0.0", "network": {"egress": {"default": "allow"}}}));
     let r = common::agentcell(&[
         "--log",
         "agentcell=debug",
@@ -275,7 +274,7 @@ fn a_proxy_is_a_fence() {
     .unwrap();
     let f = Fixture::new("net-proxy");
     let script = f.write("probe/probe.py", PROBE);
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]},
         "runtimeConfig": {"networkProxy": format!("http://127.0.0.1:{port}")}, "network": {"egress": {"default": "deny"}}}));
     let r = common::agentcell(&[
         "run",
@@ -324,7 +323,7 @@ fn a_listener_in_the_sandbox_is_unreachable_from_test_hosts_and_the_host() {
         "probe/listen.py",
         "import socket,time\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('0.0.0.0',9090));s.listen(8);s.settimeout(4)\nprint('listening',flush=True)\nn=0\ntry:\n  while True:\n    c,_=s.accept();c.sendall(b'SANDBOX-BANNER\\n');c.close();n+=1\nexcept OSError:\n  pass\nprint('accepted',n,flush=True)\n",
     );
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]},
         "network": {"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.15.0/24"}]}]}}}));
     let mut child = Command::new(env!("CARGO_BIN_EXE_agentcell"))
         .args([
@@ -423,7 +422,7 @@ fn audit_reports_network_denials() {
     let f = Fixture::new("net-audit");
     let script = f.write("probe/probe.py", PROBE);
     let report = f.path("audit.jsonl");
-    let p = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]},
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]},
         "network": {"egress": {"default": "deny", "allow": [{"to": [{"cidr": "198.18.17.2/32"}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}}));
     let r = common::agentcell(&[
         "run",

@@ -115,9 +115,7 @@ fn each_refused_family_is_refused_inside_and_not_outside() {
 
     let outside = Command::new(&bin).output().unwrap();
     let outside = parse(&String::from_utf8_lossy(&outside.stdout));
-    let p = f.policy(
-        &json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [f.p("probe")]}}),
-    );
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]}}));
     let inside = sh(&p, &bin.display().to_string());
     assert_eq!(inside.code, 0, "{}", inside.stderr);
     let inside = parse(&inside.stdout);

@@ -179,7 +179,7 @@ fn forced_hardening_closes_vsock_drives_and_interop_in_a_real_sandbox() {
     let t = tree.display().to_string();
     // The policy grants the whole fake root, as a policy granting `/` would on WSL, and one
     // project directory on the fake C: drive.
-    let policy = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {
+    let policy = f.policy(&json!({"version": "1.0.0", "filesystem": {
         "readonlyPaths": [t], "readwritePaths": [format!("{t}/mnt/c/proj")]}}));
     let script = format!(
         "{VSOCK}; cat {t}/mnt/c/Users/me/secret.txt; ls {t}/mnt/c && echo DRIVE_LISTED; \
@@ -294,7 +294,7 @@ fn gpu_exposes_the_device_node_and_its_libraries_only() {
     // SAFETY: a NUL-terminated path; mknod creates a node and touches no memory of ours.
     let rc = unsafe { libc::mknod(dxg.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 229)) };
     assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
-    let policy = f.policy(&json!({"version": "0.8.0-alpha", "filesystem": {"readonlyPaths": [t]}}));
+    let policy = f.policy(&json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [t]}}));
     let script = format!(
         "ls /dev; echo END_DEV; (exec 3<>/dev/dxg) && echo DXG_OPENED; cat {t}/usr/lib/wsl/lib/libcuda.so.1; \
          cat {t}/usr/lib/wsl/drivers/nv.inf/libnvwgf2umx.so; echo x > {t}/usr/lib/wsl/lib/new && echo LIB_WRITTEN; \

@@ -183,10 +183,14 @@ pub fn runtime_class(name: &str) -> Value {
 }
 
 pub fn context(now: &str) -> (Arc<Context>, ApiServer, Arc<Metrics>) {
+    context_with(now, OperatorConfig::default())
+}
+
+pub fn context_with(now: &str, config: OperatorConfig) -> (Arc<Context>, ApiServer, Arc<Metrics>) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "default");
     let metrics = Arc::new(Metrics::new());
-    let ctx = Context::new(client, OperatorConfig::default(), metrics.clone())
+    let ctx = Context::new(client, config, metrics.clone())
         .with_clock(Clock::Fixed(now.parse().unwrap()));
     (Arc::new(ctx), ApiServer(handle), metrics)
 }

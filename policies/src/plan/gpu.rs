@@ -222,7 +222,7 @@ mod tests {
         }
     }
 
-    const POLICY: &str = r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#;
+    const POLICY: &str = r#"{"version":"1.0.0","filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#;
 
     fn plan(host: &Host, gpu: bool) -> Result<Plan, PlanError> {
         let doc = parse_with(POLICY, &ParseOptions::default()).unwrap();
@@ -341,7 +341,7 @@ mod tests {
     #[test]
     fn a_library_the_policy_denies_stays_denied() {
         let doc = parse_with(
-            r#"{"version":"0.8.0-alpha","filesystem":{"deniedPaths":["/usr/local/nvidia"]}}"#,
+            r#"{"version":"1.0.0","filesystem":{"deniedPaths":["/usr/local/nvidia"]}}"#,
             &ParseOptions::default(),
         )
         .unwrap();

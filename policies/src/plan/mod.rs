@@ -69,6 +69,9 @@ pub struct CompileOptions {
     pub rootfs: Option<String>,
     /// Expose the host's GPU (`--gpu`): its device nodes and driver libraries, nothing else.
     pub gpu: bool,
+    /// The workload's default environment is its container image's (the containerd shim): an
+    /// omitted `process.env` adds nothing over it, instead of MXC's default block.
+    pub image_env: bool,
 }
 
 /// How well one requirement is enforced on the described host.
@@ -102,6 +105,9 @@ pub struct Enforcement {
 pub struct DocumentSummary {
     pub kind: DocumentKind,
     pub version: String,
+    /// The MXC release whose verdicts were applied, and how this document was read under it.
+    pub mxc_release: crate::release::MxcRelease,
+    pub read_as: String,
     pub containment: Containment,
     pub backend: Backend,
     pub digest: String,
@@ -247,7 +253,14 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
             )
         })
     });
-    let process = process::build(&doc.config, first_rw, &network, &mut notes);
+    let process = process::build(
+        &doc.config,
+        first_rw,
+        &network,
+        doc.version.is_current(),
+        opts.image_env,
+        &mut notes,
+    );
     let mut enforcement = report(doc, host, &view, &landlock, &network, &process);
     if let (Some(w), Some(p)) = (&host.wsl, &wsl_plan) {
         let vsock = seccomp::denies_socket_family(&seccomp, seccomp::AF_VSOCK);
@@ -261,6 +274,8 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
         document: DocumentSummary {
             kind: doc.kind,
             version: doc.version.to_string(),
+            mxc_release: doc.release,
+            read_as: read_as(doc),
             containment: doc.containment,
             backend: doc.backend,
             digest: canonical::digest(doc),
@@ -282,6 +297,17 @@ pub fn compile(doc: &Document, host: &Host, opts: &CompileOptions) -> Result<Pla
         return Err(PlanError::Unenforceable(weakened));
     }
     Ok(plan)
+}
+
+/// How the document was read: MXC 1.0's exact contract, or MXC 0.8's reading of a retired one.
+pub fn read_as(doc: &Document) -> String {
+    match doc.version.contract() {
+        Some(v) => format!("MXC {} contract {v}", doc.release),
+        None => format!(
+            "retired document, read as MXC 0.8 read it (--mxc-release {})",
+            doc.release
+        ),
+    }
 }
 
 fn item(
@@ -527,8 +553,12 @@ fn report(
     ));
     out.push(item(
         "process.env",
-        format!("{} variable(s); nothing inherited", process.env.len()),
-        &["environment cleared, then set from the policy"],
+        format!(
+            "{} variable(s) from {}; nothing inherited from the caller",
+            process.env.len(),
+            process.env_source.describe()
+        ),
+        &["environment cleared, then set from the plan"],
         Status::Enforced,
     ));
     out.push(item(
@@ -583,6 +613,40 @@ fn report(
             },
         ));
     }
+    // Fields only Windows or macOS backends act on: parsed where MXC accepts them, nothing here.
+    if let Some(f) = &doc.config.fallback {
+        out.push(item(
+            "fallback",
+            format!(
+                "allowDaclMutation {}",
+                f.allow_dacl_mutation.map_or("unset".to_string(), |b| b.to_string())
+            ),
+            &[],
+            Status::NotApplicable {
+                reason: "a Windows fallback (host filesystem DACL changes); Linux backends have no DACLs to change".into(),
+            },
+        ));
+    }
+    if doc.config.telemetry.is_some() {
+        out.push(item(
+            "telemetry",
+            "MXC telemetry setting",
+            &[],
+            Status::NotApplicable {
+                reason: "agentcell sends no telemetry".into(),
+            },
+        ));
+    }
+    if doc.config.container_id.is_some() {
+        out.push(item(
+            "containerId",
+            "externally assigned container name",
+            &[],
+            Status::NotApplicable {
+                reason: "agentcell names its sandboxes itself (the id is not used)".into(),
+            },
+        ));
+    }
     if doc.backend == Backend::Lxc {
         out.push(item(
             "lxc",
@@ -606,7 +670,7 @@ mod tests {
     #[test]
     fn reference_host_enforces_everything() {
         let d = doc(
-            r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#,
+            r#"{"version":"1.0.0","filesystem":{"readwritePaths":["/work"],"deniedPaths":["/work/.env"]}}"#,
         );
         let p = compile(&d, &Host::reference(), &CompileOptions::default()).unwrap();
         assert_eq!(p.weakened().count(), 0);
@@ -616,7 +680,7 @@ mod tests {
 
     #[test]
     fn old_landlock_is_an_error_unless_best_effort() {
-        let d = doc(r#"{"version":"0.8.0-alpha"}"#);
+        let d = doc(r#"{"version":"1.0.0"}"#);
         let host = Host {
             landlock_abi: Some(3),
             ..Host::reference()
@@ -654,7 +718,7 @@ mod tests {
     /// gaps are weakenings (an error unless best effort), as for any other ABI shortfall.
     #[test]
     fn degraded_kernels_say_what_they_lose() {
-        let d = doc(r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/w"]}}"#);
+        let d = doc(r#"{"version":"1.0.0","filesystem":{"readwritePaths":["/w"]}}"#);
         let be = CompileOptions {
             best_effort: true,
             ..Default::default()
@@ -698,12 +762,11 @@ mod tests {
 
     #[test]
     fn foreign_containments_and_relative_paths_are_refused() {
-        let d = doc(
-            r#"{"version":"0.8.0-alpha","containment":"seatbelt","process":{"commandLine":"x"}}"#,
-        );
+        let d =
+            doc(r#"{"version":"1.0.0","containment":"seatbelt","process":{"commandLine":"x"}}"#);
         let e = compile(&d, &Host::reference(), &CompileOptions::default()).unwrap_err();
         assert!(e.to_string().contains("containment"), "{e}");
-        let d = doc(r#"{"version":"0.8.0-alpha","filesystem":{"readonlyPaths":["rel"]}}"#);
+        let d = doc(r#"{"version":"1.0.0","filesystem":{"readonlyPaths":["rel"]}}"#);
         let e = compile(&d, &Host::reference(), &CompileOptions::default()).unwrap_err();
         assert!(e.to_string().contains("filesystem.readonlyPaths[0]"), "{e}");
     }
@@ -714,10 +777,10 @@ mod tests {
             nftables: false,
             ..Host::reference()
         };
-        let closed = doc(r#"{"version":"0.8.0-alpha"}"#);
+        let closed = doc(r#"{"version":"1.0.0"}"#);
         assert!(compile(&closed, &host, &CompileOptions::default()).is_ok());
         let open = doc(
-            r#"{"version":"0.8.0-alpha","network":{"egress":{"allow":[{"to":[{"cidr":"198.18.0.0/15"}]}]}}}"#,
+            r#"{"version":"1.0.0","network":{"egress":{"allow":[{"to":[{"cidr":"198.18.0.0/15"}]}]}}}"#,
         );
         assert!(compile(&open, &host, &CompileOptions::default()).is_err());
     }

@@ -274,10 +274,19 @@ mod tests {
         build(&d.network, d.backend, d.version.supports_directional())
     }
 
+    fn plan_0_8(json: &str) -> NetworkPlan {
+        let opts = ParseOptions {
+            release: crate::MxcRelease::V0_8,
+            ..ParseOptions::default()
+        };
+        let d = parse_with(json, &opts).unwrap();
+        build(&d.network, d.backend, d.version.supports_directional())
+    }
+
     #[test]
     fn deny_before_allow_and_both_families() {
         let p = plan(
-            r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"deny",
+            r#"{"version":"1.0.0","network":{"egress":{"default":"deny",
             "allow":[{"ports":[{"protocol":"tcp","port":443}]}],
             "deny":[{"to":[{"cidr":"10.0.0.0/8"}]}]}}}"#,
         );
@@ -301,7 +310,7 @@ mod tests {
     #[test]
     fn except_is_subtracted_and_any_port_splits() {
         let p = plan(
-            r#"{"version":"0.8.0-alpha","network":{"egress":{"allow":[{"to":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}],
+            r#"{"version":"1.0.0","network":{"egress":{"allow":[{"to":[{"cidr":"10.0.0.0/8","except":["10.1.0.0/16"]}],
             "ports":[{"port":53,"endPort":54}]}]}}}"#,
         );
         assert!(p.egress.iter().all(|r| match &r.dest {
@@ -318,16 +327,15 @@ mod tests {
 
     #[test]
     fn no_network_at_0_8_is_closed() {
-        let p = plan(r#"{"version":"0.8.0-alpha"}"#);
+        let p = plan(r#"{"version":"1.0.0"}"#);
         assert!(p.egress.is_empty() && p.egress_default == Verdict::Drop && !p.needs_uplink);
         assert_eq!(p.host_loopback, Verdict::Drop);
     }
 
     #[test]
     fn proxy_is_a_fence() {
-        let p = plan(
-            r#"{"version":"0.8.0-alpha","runtimeConfig":{"networkProxy":"http://127.0.0.1:3128"}}"#,
-        );
+        let p =
+            plan(r#"{"version":"1.0.0","runtimeConfig":{"networkProxy":"http://127.0.0.1:3128"}}"#);
         let f = p.proxy.unwrap();
         assert_eq!((f.host.as_str(), f.port), ("127.0.0.1", 3128));
         assert!(f.env.iter().any(|(k, _)| k == "https_proxy"));
@@ -336,7 +344,7 @@ mod tests {
 
     #[test]
     fn legacy_lists_and_names() {
-        let p = plan(
+        let p = plan_0_8(
             r#"{"version":"0.7.0-alpha","containment":"lxc","lxc":{"distribution":"a","release":"1"},
             "network":{"defaultPolicy":"block","enforcementMode":"firewall","allowedHosts":["api.github.com","10.0.0.5/24"],"blockedHosts":["10.0.0.9"]}}"#,
         );
@@ -347,6 +355,25 @@ mod tests {
             p.egress
                 .iter()
                 .any(|r| r.dest == Dest::Net("10.0.0.0/24".parse().unwrap()))
+        );
+    }
+
+    /// MXC 1.0: no implicit DNS exemption (LXC included), and IPv4-mapped IPv6 is IPv4.
+    #[test]
+    fn current_lxc_has_no_dns_exemption_and_mapped_is_ipv4() {
+        let p = plan(
+            r#"{"version":"1.0.0","containment":"lxc","lxc":{"distribution":"a","release":"1"},
+            "network":{"egress":{"default":"deny","allow":[{"to":[{"cidr":"::ffff:198.18.0.0/112"}],"ports":[{"protocol":"udp","port":53}]}]}}}"#,
+        );
+        assert!(!p.dns_exemption);
+        assert_eq!(p.egress.len(), 1);
+        assert_eq!(
+            p.egress[0].dest,
+            Dest::Net("198.18.0.0/16".parse().unwrap())
+        );
+        assert_eq!(
+            (p.egress[0].l4, p.egress[0].ports),
+            (L4::Udp, Some((53, 53)))
         );
     }
 }

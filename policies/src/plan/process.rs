@@ -8,6 +8,11 @@ use crate::path::JsonPath;
 
 use super::net::NetworkPlan;
 
+/// MXC's default environment block (bubblewrap's; LXC's `lxc-attach` sets the same PATH):
+/// `HOME` joins it, set to the working directory, only when `process.cwd` is given.
+pub const MXC_DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const MXC_DEFAULT_TERM: &str = "xterm-256color";
+
 /// Default cgroup limits; the CLI and the shim can override them.
 pub const DEFAULT_PIDS_MAX: u64 = 1024;
 pub const DEFAULT_MEMORY_MAX: u64 = 4 << 30;
@@ -17,8 +22,11 @@ pub const DEFAULT_MEMORY_MAX: u64 = 4 << 30;
 pub struct ProcessPlan {
     /// `process.commandLine`, run through `/bin/sh -c` as MXC does.
     pub command_line: Option<String>,
-    /// The complete environment: cleared, then the policy's, then the proxy variables.
+    /// The complete environment: cleared, then what `process.env` means (MXC 1.0: its four
+    /// states, see [`EnvSource`]), then the proxy variables.
     pub env: Vec<(String, String)>,
+    /// Which of `process.env`'s states gave `env`.
+    pub env_source: EnvSource,
     pub cwd: String,
     /// Where `cwd` came from.
     pub cwd_origin: String,
@@ -30,15 +38,74 @@ pub struct ProcessPlan {
     pub capabilities: Vec<String>,
 }
 
-/// `first_rw` is the first `readwritePaths` entry (normalised) and its JSON path.
+/// What `process.env` means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnvSource {
+    /// MXC 1.0, `env` omitted: MXC's default block (`PATH`, `TERM`, `HOME` when `cwd` is given).
+    DefaultBlock,
+    /// MXC 1.0, `env` given (`[]` included): exactly its entries.
+    Exactly,
+    /// MXC 1.0, `env` with `inheritDefaultEnv`: the default block, then the entries (a caller's
+    /// entry replaces a default of the same name).
+    DefaultBlockAndEntries,
+    /// A retired document (MXC 0.8's reading): the entries, nothing else.
+    Entries,
+    /// A container image's environment is the default (the containerd shim); `env`'s entries are
+    /// set over it.
+    ImageAndEntries,
+}
+
+impl EnvSource {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::DefaultBlock => "MXC's default block (process.env omitted)",
+            Self::Exactly => "exactly process.env",
+            Self::DefaultBlockAndEntries => {
+                "MXC's default block, then process.env (inheritDefaultEnv)"
+            }
+            Self::Entries => "process.env only (MXC 0.8's reading)",
+            Self::ImageAndEntries => "the image's environment, then process.env",
+        }
+    }
+}
+
+/// `first_rw` is the first `readwritePaths` entry (normalised) and its JSON path. `current`: the
+/// document declares one of MXC 1.0's contracts. `image_env`: the workload's default environment
+/// is a container image's (the shim merges the plan's variables over it).
 pub fn build(
     cfg: &ContainerConfig,
     first_rw: Option<(String, String)>,
     net: &NetworkPlan,
+    current: bool,
+    image_env: bool,
     notes: &mut Vec<Note>,
 ) -> ProcessPlan {
     let process = cfg.process.clone().unwrap_or_default();
+    let cwd_given = process.cwd.as_deref().filter(|c| !c.is_empty());
+    let env_source = match (
+        current,
+        image_env,
+        &process.env,
+        process.inherit_default_env,
+    ) {
+        (_, true, _, _) => EnvSource::ImageAndEntries,
+        (false, _, _, _) => EnvSource::Entries,
+        (true, _, None, _) => EnvSource::DefaultBlock,
+        (true, _, Some(_), Some(true)) => EnvSource::DefaultBlockAndEntries,
+        (true, _, Some(_), _) => EnvSource::Exactly,
+    };
     let mut env: Vec<(String, String)> = Vec::new();
+    if matches!(
+        env_source,
+        EnvSource::DefaultBlock | EnvSource::DefaultBlockAndEntries
+    ) {
+        env.push(("PATH".into(), MXC_DEFAULT_PATH.into()));
+        env.push(("TERM".into(), MXC_DEFAULT_TERM.into()));
+        if let Some(c) = cwd_given {
+            env.push(("HOME".into(), c.to_string()));
+        }
+    }
     for (i, e) in process.env.iter().flatten().enumerate() {
         match e.split_once('=') {
             Some((k, v)) if !k.is_empty() => {
@@ -67,6 +134,7 @@ pub fn build(
     ProcessPlan {
         command_line: process.command_line.clone(),
         env,
+        env_source,
         cwd,
         cwd_origin,
         timeout_ms: process.timeout.filter(|t| *t > 0).map(u64::from),

@@ -350,7 +350,7 @@ mod tests {
     }
 
     fn fs(rw: &[&str], ro: &[&str]) -> String {
-        serde_json::json!({"version": "0.8.0-alpha", "filesystem": {"readwritePaths": rw, "readonlyPaths": ro}})
+        serde_json::json!({"version": "1.0.0", "filesystem": {"readwritePaths": rw, "readonlyPaths": ro}})
             .to_string()
     }
 

@@ -45,6 +45,7 @@ pub fn run(args: DoctorArgs) -> i32 {
                     best_effort: true,
                     rootfs: None,
                     gpu: false,
+                    ..CompileOptions::default()
                 },
             ) {
                 Err(e) => json!({"runs": false, "why": e.to_string()}),

@@ -18,6 +18,7 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
         d.containment.as_str(),
         d.backend
     );
+    let _ = writeln!(o, "          MXC {} verdicts: {}", d.mxc_release, d.read_as);
     let _ = writeln!(o, "digest    {}", d.digest);
     let h = &plan.host;
     let _ = writeln!(
@@ -166,7 +167,8 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
     let keys: Vec<&str> = p.env.iter().map(|(k, _)| k.as_str()).collect();
     let _ = writeln!(
         o,
-        "  env                    cleared; set: {}",
+        "  env                    cleared; {}: {}",
+        p.env_source.describe(),
         if keys.is_empty() {
             "(none)".to_string()
         } else {

@@ -1,10 +1,14 @@
-//! `agentcell policy check|explain|digest|presets`.
+//! `agentcell policy check|explain|digest|migrate|presets`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agentcell_policy::plan::{CompileOptions, PlanError};
-use agentcell_policy::{DocumentKind, ParseOptions, PolicyError, canonical, contract, presets};
+use agentcell_policy::request::RequestError;
+use agentcell_policy::{
+    DocumentKind, MxcRelease, ParseOptions, ParsedRequest, PolicyError, canonical, contract,
+    migrate, presets,
+};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
@@ -14,16 +18,21 @@ const EXIT_INVALID: u8 = 2;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Check documents with MXC's verdicts; exit 0 when every file is valid, 2 otherwise.
+    /// Check documents with MXC 1.0's verdicts; exit 0 when every file is valid, 2 otherwise.
     ///
-    /// Each error is printed on stderr as `FILE: JSON.PATH: message`. By default the verdict is
-    /// that of MXC's runtime executor on Linux (`lxc-exec`); `--contract` applies MXC's exact
-    /// published per-version contract instead. A FILE of `-` reads standard input; a FILE of
-    /// `preset:NAME` checks a shipped preset.
+    /// Each error is printed on stderr as `FILE: JSON.PATH: message`. A document must declare one
+    /// of MXC's registered contracts (0.9.0-alpha, 1.0.0, 1.1.0-alpha); a retired one (0.6-0.8,
+    /// or none) is refused with the migration command, unless `--mxc-release 0.8` reads it as
+    /// MXC 0.8 did. By default the verdict is that of MXC's runtime on Linux (its exact contract,
+    /// then its cross-field and backend rules), for every request root (one-shot, and the
+    /// state-aware provision, start, exec, stop and deprovision, which agentcell judges but does
+    /// not run); `--contract` applies the exact per-version contract alone. A FILE of `-` reads
+    /// standard input; a FILE of `preset:NAME` checks a shipped preset.
     Check {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<String>,
-        /// Apply MXC's exact published contract (0.6.0-alpha, 0.7.0-alpha, 0.8.0-alpha).
+        /// Apply MXC's exact per-version contract alone (structural: versions, closed objects,
+        /// types, required fields, ranges), for every request root.
         #[arg(long)]
         contract: bool,
         #[command(flatten)]
@@ -64,6 +73,25 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite a retired (0.6-0.8) document as MXC 1.0.0 and print it on stdout (exit 0).
+    ///
+    /// Only where MXC's mapping is exact: legacy `defaultPolicy`, IP/CIDR host lists,
+    /// `allowLocalNetwork`, loopback proxies, aliases, the version. Otherwise exit 2, naming every
+    /// field that has no 1.0 equivalent (host names in host lists, remote or built-in test
+    /// proxies, ...) or the MXC 1.0 rule the result would break. Notes on stderr.
+    Migrate {
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// The contract to write (1.0.0, MXC's stable contract, is the only target).
+        #[arg(long, value_name = "VERSION", default_value = "1.0.0")]
+        to: String,
+        /// Read the document as this authoring shape instead of detecting it.
+        #[arg(long, value_enum, value_name = "KIND")]
+        kind: Option<Kind>,
+        /// One JSON object on stdout: {"file","migrated","document","notes"} or {"file","migrated":false,"errors"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the canonical digest (`sha256:…`) of a document, as the operator and shim compare.
     Digest {
         #[arg(value_name = "FILE")]
@@ -92,10 +120,14 @@ pub struct ReadArgs {
     /// Accept MXC's testing-only features (`network.proxy.builtinTestServer`).
     #[arg(long)]
     allow_testing_features: bool,
+    /// Whose verdicts apply: MXC 1.0 (the default), or `0.8` to read retired 0.6-0.8 documents
+    /// as MXC 0.8 did (registered versions still get MXC 1.0's).
+    #[arg(long, value_name = "RELEASE", default_value = "1.0")]
+    pub mxc_release: MxcRelease,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Kind {
+pub enum Kind {
     ContainerConfig,
     SandboxPolicy,
 }
@@ -116,6 +148,7 @@ impl ReadArgs {
             // A SandboxPolicy never carries a command; a ContainerConfig does unless told.
             require_command: !self.no_command,
             allow_testing_features: self.allow_testing_features,
+            release: self.mxc_release,
         }
     }
 }
@@ -161,6 +194,8 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
                 best_effort,
                 rootfs,
                 gpu,
+                // A pod's image environment is its default (as in the shim).
+                image_env: pod,
             };
             let mut read = read;
             if pod {
@@ -173,6 +208,12 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             read,
             canonical,
         } => digest(&file, &read, canonical),
+        PolicyCommand::Migrate {
+            file,
+            to,
+            kind,
+            json,
+        } => migrate_file(&file, &to, kind, json),
         PolicyCommand::Presets { json } => {
             if json {
                 let v: Vec<_> = presets::PRESETS
@@ -201,27 +242,52 @@ fn check(files: &[String], use_contract: bool, read: &ReadArgs, json: bool) -> E
                 continue;
             }
         };
+        let release = read.mxc_release;
         let verdict: Result<serde_json::Value, PolicyError> = if use_contract {
-            contract::check(&text)
-                .map(|v| json!({"contract": v.version.as_str(), "root": v.root.as_str()}))
-        } else {
-            agentcell_policy::parse_with(&text, &read.options()).map(|d| {
-                json!({
-                    "kind": d.kind,
-                    "version": d.version.to_string(),
-                    "containment": d.containment.as_str(),
-                    "backend": d.backend,
-                    "digest": canonical::digest(&d),
-                    "notes": d.notes,
-                })
+            contract::check_with(&text, release).map(|v| {
+                json!({"contract": v.version.as_str(), "root": v.root.as_str(), "mxcRelease": release})
             })
+        } else {
+            agentcell_policy::parse_request(&text, &read.options())
+                .map(|r| match r {
+                    ParsedRequest::OneShot(d) => json!({
+                        "root": "one-shot",
+                        "kind": d.kind,
+                        "version": d.version.to_string(),
+                        "mxcRelease": release,
+                        "readAs": agentcell_policy::plan::read_as(&d),
+                        "containment": d.containment.as_str(),
+                        "backend": d.backend,
+                        "digest": canonical::digest(&d),
+                        "notes": d.notes,
+                    }),
+                    ParsedRequest::StateAware(r) => json!({
+                        "root": r.root.as_str(),
+                        "version": r.version.as_str(),
+                        "mxcRelease": release,
+                        "sandboxId": r.sandbox_id,
+                        "containment": r.containment().map(|c| c.as_str()),
+                        "notes": r.notes,
+                        // Judged, not run: what `agentcell exec` answers.
+                        "run": r.refusal().to_json(),
+                    }),
+                })
+                .map_err(|RequestError { error, .. }| error)
         };
         match verdict {
             Ok(v) => {
                 if json {
                     println!("{}", json!({"file": file, "valid": true, "document": v}));
                 } else {
-                    println!("{file}: ok");
+                    let what = match (v.get("contract"), v.get("version")) {
+                        (Some(c), _) => format!("contract {}", c.as_str().unwrap_or_default()),
+                        (None, Some(ver)) => ver.as_str().unwrap_or_default().to_string(),
+                        _ => String::new(),
+                    };
+                    println!(
+                        "{file}: ok ({what} {}, MXC {release} verdicts)",
+                        v["root"].as_str().unwrap_or_default()
+                    );
                 }
             }
             Err(e) => {
@@ -324,6 +390,69 @@ fn explain(
                         }
                     }
                 }
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn migrate_file(file: &str, to: &str, kind: Option<Kind>, json: bool) -> ExitCode {
+    let text = match read_source(file) {
+        Ok(t) => t,
+        Err(e) => {
+            report_io(file, &e, json);
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    // A document without a command is a policy for `run` or a pod: migrate it as one.
+    let opts = ParseOptions {
+        kind: kind.map(|k| match k {
+            Kind::ContainerConfig => DocumentKind::ContainerConfig,
+            Kind::SandboxPolicy => DocumentKind::SandboxPolicy,
+        }),
+        require_command: text.contains("\"commandLine\""),
+        ..ParseOptions::default()
+    };
+    match migrate::migrate(&text, &opts, to) {
+        Ok(m) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"file": file, "migrated": true, "document": m.document, "notes": m.notes})
+                );
+            } else {
+                println!("{}", m.pretty());
+                for n in &m.notes {
+                    eprintln!("{file}: note: {}: {}", n.path, n.message);
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let violations = e.violations();
+            if json {
+                let errs: Vec<_> = violations
+                    .iter()
+                    .map(|v| json!({"path": v.path.to_string(), "message": v.message}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"file": file, "migrated": false, "reason": match &e {
+                        migrate::MigrateError::NoEquivalent(_) => "noEquivalent",
+                        migrate::MigrateError::Refused(_) => "refusedByMxc1",
+                        migrate::MigrateError::Invalid(_) => "invalid",
+                        migrate::MigrateError::AlreadyCurrent(_) => "alreadyCurrent",
+                        migrate::MigrateError::Target(_) => "target",
+                    }, "errors": errs})
+                );
+            }
+            let why = match &e {
+                migrate::MigrateError::NoEquivalent(_) => "no MXC 1.0 equivalent: ",
+                migrate::MigrateError::Refused(_) => "the 1.0.0 document would be refused: ",
+                _ => "",
+            };
+            for v in &violations {
+                eprintln!("{file}: {}: {why}{}", v.path, v.message);
             }
             ExitCode::from(EXIT_INVALID)
         }

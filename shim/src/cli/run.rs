@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use agentcell_policy::plan::{CompileOptions, PlanError, Status};
-use agentcell_policy::{ParseOptions, Plan};
+use agentcell_policy::request::ErrorEnvelope;
+use agentcell_policy::{MxcRelease, ParseOptions, ParsedRequest, Plan};
 use clap::Args;
 use serde_json::json;
 
@@ -15,8 +16,9 @@ pub const EXIT_REJECTED: i32 = 125;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// An MXC ContainerConfig; `process.commandLine` runs through `/bin/sh -c` as MXC's
-    /// executors run it.
+    /// An MXC ContainerConfig (a one-shot request, MXC 1.0.0 or another registered contract);
+    /// `process.commandLine` runs through `/bin/sh -c` as MXC's executors run it. A state-aware
+    /// request (`phase`) is refused with MXC's error envelope, code `unsupported_phase`.
     #[arg(value_name = "CONFIG")]
     pub config: String,
     #[command(flatten)]
@@ -60,6 +62,10 @@ pub struct CommonArgs {
     /// MXC's flag: accept testing-only features (they are still refused when planning).
     #[arg(long)]
     pub allow_testing_features: bool,
+    /// Whose verdicts apply: MXC 1.0 (the default), or `0.8` to run retired 0.6-0.8 documents
+    /// as MXC 0.8 read them.
+    #[arg(long, value_name = "RELEASE", default_value = "1.0")]
+    pub mxc_release: MxcRelease,
     /// Write one JSON line per denial the kernel reports (Landlock audit, kernel ABI 7) to FILE;
     /// what is not observable is said in the file.
     #[arg(long, value_name = "FILE")]
@@ -90,6 +96,7 @@ pub fn exec(args: ExecArgs) -> i32 {
     let opts = ParseOptions {
         require_command: true,
         allow_testing_features: args.common.allow_testing_features,
+        release: args.common.mxc_release,
         ..ParseOptions::default()
     };
     match load(&args.config, &opts, &args.common) {
@@ -101,7 +108,8 @@ pub fn exec(args: ExecArgs) -> i32 {
                 &args.common,
             )
         }
-        Err(e) => reject(&e, args.common.json),
+        Err(Refused::Fields(e)) => reject(&e, args.common.json),
+        Err(Refused::Envelope(e)) => reject_envelope(&e, args.common.json),
     }
 }
 
@@ -109,11 +117,25 @@ pub fn run(args: RunArgs) -> i32 {
     let opts = ParseOptions {
         require_command: false,
         allow_testing_features: args.common.allow_testing_features,
+        release: args.common.mxc_release,
         ..ParseOptions::default()
     };
     match load(&args.policy, &opts, &args.common) {
         Ok(plan) => go(&plan, args.command.clone(), &args.common),
-        Err(e) => reject(&e, args.common.json),
+        Err(Refused::Fields(e)) => reject(&e, args.common.json),
+        Err(Refused::Envelope(e)) => reject_envelope(&e, args.common.json),
+    }
+}
+
+/// Why a document is not run: its fields, or (a state-aware request) MXC's error envelope.
+enum Refused {
+    Fields(Vec<Refusal>),
+    Envelope(ErrorEnvelope),
+}
+
+impl From<Vec<Refusal>> for Refused {
+    fn from(v: Vec<Refusal>) -> Self {
+        Self::Fields(v)
     }
 }
 
@@ -123,27 +145,41 @@ struct Refusal {
     message: String,
 }
 
-fn load(source: &str, opts: &ParseOptions, common: &CommonArgs) -> Result<Plan, Vec<Refusal>> {
+fn load(source: &str, opts: &ParseOptions, common: &CommonArgs) -> Result<Plan, Refused> {
     let text = super::policy::read_source(source).map_err(|e| {
         vec![Refusal {
             field: String::new(),
             message: format!("{e:#}"),
         }]
     })?;
-    let doc = agentcell_policy::parse_with(&text, opts).map_err(|e| {
-        e.violations()
-            .into_iter()
-            .map(|v| Refusal {
-                field: v.path.to_string(),
-                message: v.message,
-            })
-            .collect::<Vec<_>>()
-    })?;
+    let doc = match agentcell_policy::parse_request(&text, opts) {
+        Ok(ParsedRequest::OneShot(doc)) => *doc,
+        // Judged, not run (MXC's Linux backends have no lifecycle either).
+        Ok(ParsedRequest::StateAware(r)) => return Err(Refused::Envelope(r.refusal())),
+        Err(e) => {
+            return Err(e
+                .error
+                .violations()
+                .into_iter()
+                .map(|v| Refusal {
+                    field: v.path.to_string(),
+                    message: v.message,
+                })
+                .collect::<Vec<_>>()
+                .into());
+        }
+    };
+    tracing::debug!(
+        mxc_release = %doc.release,
+        read_as = %agentcell_policy::plan::read_as(&doc),
+        "document accepted"
+    );
     let host = crate::host::probe();
     let copts = CompileOptions {
         best_effort: common.best_effort,
         rootfs: common.rootfs.as_ref().map(|p| p.display().to_string()),
         gpu: common.gpu,
+        image_env: false,
     };
     let mut plan = agentcell_policy::compile(&doc, &host, &copts).map_err(|e| -> Vec<Refusal> {
         match e {
@@ -297,6 +333,18 @@ fn step_field(e: &runner::RunError) -> String {
         runner::RunError::Cwd(_) => "process.cwd".into(),
         _ => "sandbox".into(),
     }
+}
+
+/// MXC's dispatch failure: a message, then the error envelope as the last line of stderr (and
+/// on stdout with `--json`).
+fn reject_envelope(e: &ErrorEnvelope, json: bool) -> i32 {
+    let envelope = e.to_json();
+    if json {
+        println!("{envelope}");
+    }
+    eprintln!("agentcell: phase: {} ({})", e.message, e.code.as_str());
+    eprintln!("{envelope}");
+    EXIT_REJECTED
 }
 
 fn reject(errs: &[Refusal], json: bool) -> i32 {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use agentcell_policy::{Document, ParseOptions, PolicyError, canonical};
+use agentcell_policy::{Document, MxcRelease, ParseOptions, PolicyError, canonical};
 
 /// The MXC document of every container of the pod (a SandboxPolicy or a ContainerConfig).
 pub const POLICY: &str = "agentcell.dev/mxc-policy";
@@ -93,14 +93,17 @@ pub struct NodeDefaults {
     /// The default policy's text, for pods without one.
     pub default_policy: Option<String>,
     pub allow_best_effort: bool,
+    /// Whose verdicts apply (`mxc_release` in `shim.toml`).
+    pub mxc_release: MxcRelease,
     /// The configuration file, named in errors.
     pub config_path: String,
 }
 
-fn parse(origin: &str, text: &str) -> Result<Sourced, AnnotationError> {
+fn parse(origin: &str, text: &str, node: &NodeDefaults) -> Result<Sourced, AnnotationError> {
     let opts = ParseOptions {
         // The image and the pod spec decide what runs.
         require_command: false,
+        release: node.mxc_release,
         ..ParseOptions::default()
     };
     let document =
@@ -136,7 +139,7 @@ pub fn select(
     }
     let pod = match annotations.get(POLICY) {
         Some(text) => {
-            let pod = parse(POLICY, text)?;
+            let pod = parse(POLICY, text, node)?;
             if let Some(expected) = annotations.get(DIGEST)
                 && *expected != pod.digest
             {
@@ -157,7 +160,11 @@ pub fn select(
                 .ok_or_else(|| AnnotationError::Missing {
                     config: node.config_path.clone(),
                 })?;
-            parse(&format!("default_policy ({})", node.config_path), text)?
+            parse(
+                &format!("default_policy ({})", node.config_path),
+                text,
+                node,
+            )?
         }
     };
     let container = match container {
@@ -165,7 +172,7 @@ pub fn select(
             let key = format!("{POLICY_FOR}{name}");
             match annotations.get(&key) {
                 Some(text) => {
-                    let own = parse(&key, text)?;
+                    let own = parse(&key, text, node)?;
                     if !same_network(&own.document, &pod.document) {
                         return Err(AnnotationError::NetworkOverride { key });
                     }
@@ -208,7 +215,7 @@ pub fn same_network(a: &Document, b: &Document) -> bool {
 mod tests {
     use super::*;
 
-    const POD: &str = r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"]},"network":{"egress":{"default":"deny"}}}"#;
+    const POD: &str = r#"{"version":"1.0.0","filesystem":{"readwritePaths":["/work"]},"network":{"egress":{"default":"deny"}}}"#;
 
     fn ann(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -270,7 +277,7 @@ mod tests {
 
     #[test]
     fn invalid_policy_names_key_path_and_reason() {
-        let bad = r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"maybe"}}}"#;
+        let bad = r#"{"version":"1.0.0","network":{"egress":{"default":"maybe"}}}"#;
         let e = select(&ann(&[(POLICY, bad)]), None, &node()).unwrap_err();
         let msg = e.to_string();
         assert!(
@@ -283,9 +290,29 @@ mod tests {
         );
     }
 
+    /// A retired policy is refused (naming the migration) unless the node reads MXC 0.8's.
+    #[test]
+    fn retired_policies_need_the_node_s_compatibility_setting() {
+        let old = r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"]}}"#;
+        let e = select(&ann(&[(POLICY, old)]), None, &node()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("version: \"0.8.0-alpha\" is a retired MXC contract version")
+                && msg.contains("agentcell policy migrate"),
+            "{msg}"
+        );
+        let compat = NodeDefaults {
+            mxc_release: MxcRelease::V0_8,
+            ..node()
+        };
+        let s = select(&ann(&[(POLICY, old)]), None, &compat).unwrap();
+        assert_eq!(s.pod.document.release, MxcRelease::V0_8);
+        assert!(select(&ann(&[(POLICY, POD)]), None, &compat).is_ok());
+    }
+
     #[test]
     fn container_override_keeps_the_pod_network() {
-        let own = r#"{"version":"0.8.0-alpha","filesystem":{"readonlyPaths":["/data"]},"network":{"egress":{"default":"deny"}}}"#;
+        let own = r#"{"version":"1.0.0","filesystem":{"readonlyPaths":["/data"]},"network":{"egress":{"default":"deny"}}}"#;
         let s = select(
             &ann(&[(POLICY, POD), ("agentcell.dev/mxc-policy.tool", own)]),
             Some("tool"),
@@ -301,7 +328,7 @@ mod tests {
         )
         .unwrap();
         assert!(s.container.is_none());
-        let wider = r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"allow"}}}"#;
+        let wider = r#"{"version":"1.0.0","network":{"egress":{"default":"allow"}}}"#;
         let e = select(
             &ann(&[(POLICY, POD), ("agentcell.dev/mxc-policy.tool", wider)]),
             Some("tool"),

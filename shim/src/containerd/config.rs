@@ -11,6 +11,9 @@
 //! cgroup_driver = "auto"
 //! # Exit after this many seconds without containers (nothing connects to an idle shim).
 //! idle_exit_seconds = 60
+//! # Whose verdicts apply to pod policies: "1.0" (MXC 1.0, the default) or "0.8" (also read
+//! # retired 0.6-0.8 documents as MXC 0.8 did; the operator needs its --mxc-release 0.8 too).
+//! mxc_release = "1.0"
 //! ```
 
 use std::path::Path;
@@ -52,6 +55,8 @@ pub struct ShimConfig {
     pub cgroup_driver: CgroupDriver,
     #[serde(default = "default_idle")]
     pub idle_exit_seconds: u64,
+    #[serde(default)]
+    pub mxc_release: agentcell_policy::MxcRelease,
     /// The file it was read from (empty for the built-in defaults).
     #[serde(skip)]
     pub path: String,
@@ -68,6 +73,7 @@ impl Default for ShimConfig {
             allow_best_effort: false,
             cgroup_driver: CgroupDriver::Auto,
             idle_exit_seconds: default_idle(),
+            mxc_release: agentcell_policy::MxcRelease::default(),
             path: String::new(),
         }
     }
@@ -192,6 +198,13 @@ mod tests {
                 .unwrap()
                 .contains("version")
         );
+        assert_eq!(c.mxc_release, agentcell_policy::MxcRelease::V1_0);
+        std::fs::write(&p, "mxc_release = \"0.8\"\n").unwrap();
+        let c = ShimConfig::load(p.to_str().unwrap(), true).unwrap();
+        assert_eq!(c.mxc_release, agentcell_policy::MxcRelease::V0_8);
+        std::fs::write(&p, "mxc_release = \"0.9\"\n").unwrap();
+        let e = ShimConfig::load(p.to_str().unwrap(), true).unwrap_err();
+        assert!(e.to_string().contains("0.8 for retired"), "{e}");
         std::fs::write(&p, "default_polcy = 1\n").unwrap();
         let e = ShimConfig::load(p.to_str().unwrap(), true).unwrap_err();
         assert!(e.to_string().contains("default_polcy"), "{e}");

@@ -518,7 +518,7 @@ mod tests {
             .unwrap()
     }
 
-    const POLICY: &str = r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/work"],"readonlyPaths":["/data"],"deniedPaths":["/work/.ssh"]}}"#;
+    const POLICY: &str = r#"{"version":"1.0.0","filesystem":{"readwritePaths":["/work"],"readonlyPaths":["/data"],"deniedPaths":["/work/.ssh"]}}"#;
 
     #[test]
     fn pod_mounts_survive_only_where_a_policy_path_grants_them() {
@@ -550,7 +550,7 @@ mod tests {
     #[test]
     fn process_keeps_the_pod_s_command_and_gains_no_privileges() {
         let c = run(
-            r#"{"version":"0.8.0-alpha","process":{"env":["MODE=policy"],"cwd":"/work","commandLine":"ignored"},"filesystem":{"readwritePaths":["/work"]}}"#,
+            r#"{"version":"1.0.0","process":{"env":["MODE=policy"],"cwd":"/work","commandLine":"ignored"},"filesystem":{"readwritePaths":["/work"]}}"#,
             &cri_spec(),
         );
         let p = &c.spec["process"];

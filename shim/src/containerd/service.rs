@@ -351,6 +351,7 @@ impl Service {
         let node = NodeDefaults {
             default_policy: cfg.default_policy_text().map_err(|e| e.to_string())?,
             allow_best_effort: cfg.allow_best_effort,
+            mxc_release: cfg.mxc_release,
             config_path: cfg.path.clone(),
         };
         let selection =
@@ -391,6 +392,8 @@ impl Service {
         let opts = CompileOptions {
             best_effort: selection.best_effort,
             rootfs: Some(root.display().to_string()),
+            // The image's environment is the default one; the plan's variables go over it.
+            image_env: true,
             ..CompileOptions::default()
         };
         let plan = agentcell_policy::compile(&chosen.document, host(), &opts).map_err(|e| {
@@ -409,6 +412,14 @@ impl Service {
         for w in plan.weakened() {
             tracing::warn!(field = %w.field, status = ?w.status, "weakened (best effort)");
         }
+        tracing::info!(
+            container = %req.id,
+            policy = %chosen.origin,
+            digest = %chosen.digest,
+            mxc_release = %chosen.document.release,
+            read_as = %plan.document.read_as,
+            "policy accepted"
+        );
         tracing::debug!(
             container = %req.id,
             policy = %chosen.origin,

@@ -270,7 +270,7 @@ mod tests {
             "needs root (CI runs as root)"
         );
         let d = parse_with(
-            r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"deny",
+            r#"{"version":"1.0.0","network":{"egress":{"default":"deny",
                 "allow":[{"to":[{"cidr":"198.18.0.0/15","except":["198.18.0.0/24"]},{"cidr":"fd00::/8"}],"ports":[{"protocol":"tcp","port":80,"endPort":90},{"protocol":"icmp"}]}],
                 "deny":[{"to":[{"cidr":"198.19.0.9"}],"ports":[{"protocol":"udp","port":53}]}]}}}"#,
             &ParseOptions::default(),

@@ -97,7 +97,7 @@ mod tests {
     #[test]
     fn the_same_rules_judge_forwarded_traffic_and_the_namespace_is_closed() {
         let d = parse_with(
-            r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"deny",
+            r#"{"version":"1.0.0","network":{"egress":{"default":"deny",
             "allow":[{"to":[{"cidr":"198.18.0.0/24"}],"ports":[{"protocol":"tcp","port":8080}]}]}}}"#,
             &ParseOptions::default(),
         )

@@ -437,7 +437,12 @@ mod tests {
     use agentcell_policy::{ParseOptions, parse_with};
 
     fn plan(json: &str) -> NetworkPlan {
-        let d = parse_with(json, &ParseOptions::default()).unwrap();
+        // Retired (0.7) documents too: MXC 0.8's legacy host lists and DNS exemption.
+        let opts = ParseOptions {
+            release: agentcell_policy::MxcRelease::V0_8,
+            ..ParseOptions::default()
+        };
+        let d = parse_with(json, &opts).unwrap();
         compile(&d, &Host::reference(), &CompileOptions::default())
             .unwrap()
             .network
@@ -472,7 +477,7 @@ mod tests {
     #[test]
     fn deny_before_allow_then_the_default_for_both_families() {
         let p = plan(
-            r#"{"version":"0.8.0-alpha","network":{"egress":{"default":"deny",
+            r#"{"version":"1.0.0","network":{"egress":{"default":"deny",
             "allow":[{"to":[{"cidr":"198.18.0.0/24"},{"cidr":"fd00::/64"}],"ports":[{"protocol":"tcp","port":8080,"endPort":8081}]}],
             "deny":[{"to":[{"cidr":"198.18.0.7/32"}]}]}}}"#,
         );
@@ -548,9 +553,8 @@ mod tests {
             "LXC below 0.8 with a firewall exempts DNS"
         );
 
-        let p = plan(
-            r#"{"version":"0.8.0-alpha","runtimeConfig":{"networkProxy":"http://127.0.0.1:3128"}}"#,
-        );
+        let p =
+            plan(r#"{"version":"1.0.0","runtimeConfig":{"networkProxy":"http://127.0.0.1:3128"}}"#);
         let rt = Runtime {
             proxy: Some(("198.19.0.1".parse().unwrap(), 3128)),
             ..Default::default()
@@ -625,7 +629,7 @@ mod tests {
                     "ports": [{"protocol": "tcp", "port": 9000 + i}]})
                 })
                 .collect();
-            json!({"version": "0.8.0-alpha", "network": {"egress": {"default": "deny", "allow": allow}}})
+            json!({"version": "1.0.0", "network": {"egress": {"default": "deny", "allow": allow}}})
                 .to_string()
         };
         let count = |n| {

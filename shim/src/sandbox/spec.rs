@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn spec_carries_the_plan() {
         let doc = parse_with(
-            r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/w"]},"timeoutMs":5}"#,
+            r#"{"version":"1.0.0","filesystem":{"readwritePaths":["/w"]},"timeoutMs":5}"#,
             &ParseOptions::default(),
         )
         .unwrap();
@@ -289,7 +289,7 @@ mod tests {
     fn gpu_nodes_and_wsl_masks_reach_the_spec() {
         use agentcell_policy::plan::gpu::{GpuDevice, GpuHost, GpuKind};
         use agentcell_policy::plan::wsl::WslHost;
-        let doc = parse_with(r#"{"version":"0.8.0-alpha"}"#, &ParseOptions::default()).unwrap();
+        let doc = parse_with(r#"{"version":"1.0.0"}"#, &ParseOptions::default()).unwrap();
         let host = Host {
             wsl: Some(WslHost {
                 version: 2,

@@ -180,7 +180,7 @@ mod tests {
     /// same bytes the guest installs.
     #[test]
     fn the_plan_profile_compiles_to_a_program_that_checks_the_arch_and_denies() {
-        let doc = parse_with(r#"{"version":"0.8.0-alpha"}"#, &ParseOptions::default()).unwrap();
+        let doc = parse_with(r#"{"version":"1.0.0"}"#, &ParseOptions::default()).unwrap();
         let p = plan(&doc, &Host::reference(), &CompileOptions::default()).unwrap();
         let prog = compile(&serde_json::to_value(&p.seccomp).unwrap()).unwrap();
         assert!(prog.len() > 4);

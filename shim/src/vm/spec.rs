@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn the_host_view_exports_only_granted_paths_with_masks_in_their_tree() {
         let p = plan(
-            r#"{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/tmp"]},"timeoutMs":5000}"#,
+            r#"{"version":"1.0.0","filesystem":{"readwritePaths":["/tmp"]},"timeoutMs":5000}"#,
             None,
         );
         let prepared = PreparedView {
@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn an_image_is_the_read_only_root_share() {
-        let p = plan(r#"{"version":"0.8.0-alpha"}"#, Some("/srv/img"));
+        let p = plan(r#"{"version":"1.0.0"}"#, Some("/srv/img"));
         let g = build(&input(&p, &PreparedView::default(), 6)).unwrap();
         assert_eq!(
             g.spec.root,
@@ -451,7 +451,7 @@ mod tests {
 
     #[test]
     fn landlock_gaps_of_an_old_guest_are_named_and_only_covered_ones_pass() {
-        let p = plan(r#"{"version":"0.8.0-alpha"}"#, None);
+        let p = plan(r#"{"version":"1.0.0"}"#, None);
         let gaps = landlock_gaps(&p, 2);
         assert!(gaps.iter().any(|(r, _)| r == "Truncate"), "{gaps:?}");
         assert!(gaps.iter().all(|(_, covered)| *covered));

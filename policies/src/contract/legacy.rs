@@ -1,79 +1,14 @@
-//! MXC's exact, published per-version contracts (`0.6.0-alpha`, `0.7.0-alpha`, `0.8.0-alpha` and
-//! the 0.8 state-aware request roots), as MXC's `mxc_config_contract` crate defines them.
-//!
-//! These are stricter than MXC's runtime parser ([`crate::document`]): the version marker must be
-//! one exact spelling, explicit `null` is refused everywhere but `_comment`, required fields are
-//! required, and each request root is closed (including `experimental`). `agentcell policy check
-//! --contract` reports this verdict; the conformance suite holds it to MXC's fixtures.
+//! MXC's retired exact contracts (`0.6.0-alpha`, `0.7.0-alpha`, `0.8.0-alpha` and the 0.8
+//! state-aware request roots), as MXC 0.8's `mxc_config_contract` crate defined them. Read only
+//! under `--mxc-release 0.8`; unchanged from agentcell's MXC 0.8 reader.
 
 use serde_json::{Map, Value};
 
+use super::{ContractVerdict, ContractVersion, RequestRoot};
 use crate::error::{PolicyError, Violation};
-use crate::json::parse_strict;
 use crate::model::{ContainerConfig, Experimental};
 use crate::path::JsonPath;
 use crate::shape;
-
-/// A published contract version (exact spelling).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ContractVersion {
-    V0_6,
-    V0_7,
-    V0_8,
-}
-
-impl ContractVersion {
-    pub const ALL: [(&'static str, ContractVersion); 3] = [
-        ("0.6.0-alpha", Self::V0_6),
-        ("0.7.0-alpha", Self::V0_7),
-        ("0.8.0-alpha", Self::V0_8),
-    ];
-
-    pub fn parse_exact(s: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, v)| *v)
-    }
-    pub fn as_str(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, v)| *v == self)
-            .map(|(n, _)| *n)
-            .unwrap_or_default()
-    }
-}
-
-/// Which request root a document is, under the 0.8 root selection (`phase`, then `containment`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestRoot {
-    OneShot,
-    Start,
-    Exec,
-    Stop,
-    Deprovision,
-    WindowsSandboxProvision,
-    IsolationSessionProvision,
-    WslcProvision,
-}
-
-impl RequestRoot {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::OneShot => "one-shot",
-            Self::Start => "start",
-            Self::Exec => "exec",
-            Self::Stop => "stop",
-            Self::Deprovision => "deprovision",
-            Self::WindowsSandboxProvision => "windows_sandbox provision",
-            Self::IsolationSessionProvision => "isolation_session provision",
-            Self::WslcProvision => "wslc provision",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContractVerdict {
-    pub version: ContractVersion,
-    pub root: RequestRoot,
-}
 
 const ANNOTATIONS: [&str; 2] = ["$schema", "_comment"];
 const ONE_SHOT_06: &[&str] = &[
@@ -111,24 +46,10 @@ const CONTAINMENT_08_EXTRA: &[&str] = &[
     "isolation_session",
 ];
 
-/// Checks `text` against the exact published contract its `version` names.
-pub fn check(text: &str) -> Result<ContractVerdict, PolicyError> {
-    let value = parse_strict(text)?;
-    check_value(&value)
-}
-
-pub fn check_value(value: &Value) -> Result<ContractVerdict, PolicyError> {
-    check_value_as(value, None)
-}
-
-/// Checks `text` as one given request root, without MXC's root selection (as MXC's fixture tests
-/// read each folder: a one-shot document with a `phase` is an unknown field, not an exec request).
-pub fn check_as(text: &str, root: RequestRoot) -> Result<ContractVerdict, PolicyError> {
-    check_value_as(&parse_strict(text)?, Some(root))
-}
-
-pub fn check_value_as(
+/// Checks a document that declares the retired contract `version` (already matched exactly).
+pub(super) fn check_value_as(
     value: &Value,
+    version: ContractVersion,
     forced: Option<RequestRoot>,
 ) -> Result<ContractVerdict, PolicyError> {
     let root = JsonPath::root();
@@ -138,30 +59,10 @@ pub fn check_value_as(
             "a configuration must be a JSON object",
         ));
     };
-    let version = match obj.get("version") {
-        None => {
-            return Err(PolicyError::one(
-                root.key("version"),
-                "missing required field",
-            ));
-        }
-        Some(Value::String(s)) => ContractVersion::parse_exact(s).ok_or_else(|| {
-            PolicyError::one(
-                root.key("version"),
-                format!(
-                    "\"{s}\" is not a published contract version (0.6.0-alpha, 0.7.0-alpha or \
-                     0.8.0-alpha)"
-                ),
-            )
-        })?,
-        Some(other) => {
-            return Err(PolicyError::one(
-                root.key("version"),
-                format!("expected a string, found {}", shape::kind(other)),
-            ));
-        }
-    };
-
+    // Fields MXC added from 0.9.0-alpha on did not exist in these contracts.
+    if let Some((path, message)) = crate::model::retired_unknown_field(value) {
+        return Err(PolicyError::one(path, message));
+    }
     let mut errs = Vec::new();
     shape::check_no_null_outside_comment(value, &root, &mut errs);
     if !errs.is_empty() {

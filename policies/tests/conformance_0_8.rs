@@ -1,12 +1,16 @@
-//! Conformance against MXC's own data in `../shared/mxc-conformance` (read at test time; the
-//! folder listing is never copied here). Set `AGENTCELL_MXC_CONFORMANCE` to use another copy.
+//! Conformance against MXC's retired 0.6–0.8 data in `../shared/mxc-conformance` (read at test
+//! time; the folder listing is never copied here), under `--mxc-release 0.8`: exactly the
+//! verdicts agentcell gave before MXC 1.0. Under the default release (MXC 1.0) every one of these
+//! documents is refused at `version`. Set `AGENTCELL_MXC_CONFORMANCE` to use another copy.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use agentcell_policy::contract::{self, RequestRoot};
 use agentcell_policy::plan::{CompileOptions, Host, compile};
-use agentcell_policy::{ParseOptions, parse_with};
+use agentcell_policy::{MxcRelease, ParseOptions, parse_with};
+
+const RELEASE: MxcRelease = MxcRelease::V0_8;
 
 fn conformance_dir() -> PathBuf {
     let dir = std::env::var_os("AGENTCELL_MXC_CONFORMANCE")
@@ -43,6 +47,7 @@ fn json_files(dir: &Path) -> Vec<PathBuf> {
 fn executor() -> ParseOptions {
     ParseOptions {
         allow_testing_features: true,
+        release: RELEASE,
         ..ParseOptions::executor()
     }
 }
@@ -149,7 +154,7 @@ fn contract_fixtures_get_mxcs_verdicts() {
             want_valid || rel.contains("/invalid/"),
             "{rel}: neither valid/ nor invalid/"
         );
-        let got = contract::check_as(&text, root_for(f));
+        let got = contract::check_as_with(&text, root_for(f), RELEASE);
         if got.is_ok() != want_valid {
             failures.push(format!(
                 "{rel}: contract verdict {:?}, expected {}",
@@ -248,7 +253,7 @@ fn configs_and_examples_get_the_verdicts_their_names_imply() {
                         failures.push(format!("{sub}/{name}: state-aware document, got {other:?}"))
                     }
                 }
-                let contract = contract::check(&text);
+                let contract = contract::check_with(&text, RELEASE);
                 if contract.is_ok() == expects_refusal(&name, &text)
                     && !name.contains("provision_rejected")
                 {
@@ -319,17 +324,49 @@ fn configs_and_examples_get_the_verdicts_their_names_imply() {
     );
 }
 
+/// MXC 1.0 (the default release) refuses every document of the retired corpus at `version`,
+/// naming it, the registered versions and the migration command (the one 0.3 document: older than
+/// supported).
 #[test]
-fn every_preset_is_valid_and_fully_enforceable_on_a_reference_host() {
-    for (name, _, text) in agentcell_policy::presets::PRESETS {
-        let doc =
-            parse_with(text, &ParseOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        compile(&doc, &Host::reference(), &CompileOptions::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let on_disk = fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("presets/{name}.json")),
-        )
-        .unwrap();
-        assert_eq!(&on_disk, text);
+fn the_default_release_refuses_the_whole_retired_corpus() {
+    let base = conformance_dir();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for sub in ["configs", "examples", "contract"] {
+        for f in json_files(&base.join(sub)) {
+            let text = fs::read_to_string(&f).unwrap();
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            n += 1;
+            let declared = value
+                .get("version")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned);
+            for (what, err) in [
+                ("runtime", parse_with(&text, &ParseOptions::default()).err()),
+                ("contract", contract::check(&text).err()),
+            ] {
+                let Some(e) = err else {
+                    failures.push(format!("{}: {what} accepts it", f.display()));
+                    continue;
+                };
+                let v = &e.violations()[0];
+                let named = declared.as_deref().is_none_or(|d| v.message.contains(d));
+                let hint = match declared.as_deref() {
+                    Some("0.3.0-alpha") => v.message.contains("older than supported"),
+                    _ => v.message.contains("agentcell policy migrate"),
+                };
+                if v.path.to_string() != "version"
+                    || !named
+                    || !hint
+                    || !v.message.contains("1.0.0")
+                {
+                    failures.push(format!("{}: {what}: {e}", f.display()));
+                }
+            }
+        }
     }
+    assert!(n > 250, "only {n} documents");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
