@@ -54,7 +54,7 @@ func main() {
 	case "kubelet":
 		run(kubelet.NewKubeletCommand(context.Background()))
 	case "kubectl":
-		_ = logs.GlogSetter(kubectlcmd.GetLogVerbosity(args))
+		_, _ = logs.GlogSetter(kubectlcmd.GetLogVerbosity(args))
 		command := kubectlcmd.NewDefaultKubectlCommand()
 		if err := cli.RunNoErrOutput(command); err != nil {
 			kubectlutil.CheckErr(err)
