@@ -21,13 +21,15 @@
 #
 # Names are the cluster's own, disjoint from the e2e suite's private containerds and from other
 # tests: state in /var/lib/agentcell-cluster, bridge acclu0 with pods in 198.19.240.0/24,
-# services in 198.19.248.0/24, nft table `ip acclu`, cgroups under
+# services in 198.19.248.0/24, the node's address 198.19.241.1/32 on lo, nft table `ip acclu`, cgroups under
 # /agentcell-cluster in each hierarchy, containerd socket under the state directory.
 #
 # Pods reach the API server at its ClusterIP (198.19.248.1:443) through one DNAT rule to
 # 127.0.0.1 (route_localnet on the bridge): there is no kube-proxy, and the API server listens on
-# loopback only. Pods may send traffic only to each other and to test hosts (198.18.0.0/15);
-# everything else from the bridge is dropped, so nothing a pod does leaves the machine.
+# loopback only (the kubelet on the node address, the other components on 127.0.0.1). Pods may
+# send traffic only to each other, to the API server and to test hosts (198.18.0.0/15);
+# everything else from the bridge is dropped, so nothing a pod does leaves the machine, and no
+# pod reaches the kubelet or anything else listening on the host.
 #
 # Environment: AGENTCELL_CLUSTER_BIN_DIR (where the agentcell binaries for the images are;
 # default: cargo build --release into target/release), AGENTCELL_VM_DIR (the micro-VM assets for
@@ -45,6 +47,10 @@ POD_CIDR=198.19.240.0/24
 POD_GW=198.19.240.1
 SVC_CIDR=198.19.248.0/24
 API_SVC_IP=198.19.248.1
+# The node's address: a /32 on the loopback link (the kubelet refuses a 127/8 node IP, and the
+# API server reaches the kubelet at it; this kernel has no dummy links); host-local, and pods
+# cannot reach it.
+NODE_IP=198.19.241.1
 API_PORT=16443
 ETCD_PORT=12379
 ETCD_PEER_PORT=12380
@@ -134,7 +140,7 @@ pki() {
   cert controller-manager system:kube-controller-manager "" "" clientAuth
   cert scheduler system:kube-scheduler "" "" clientAuth
   cert kubelet "system:node:$NODE" system:nodes "" clientAuth
-  cert kubelet-serving "system:node:$NODE" system:nodes "IP:127.0.0.1,DNS:$NODE" serverAuth
+  cert kubelet-serving "system:node:$NODE" system:nodes "IP:$NODE_IP,IP:127.0.0.1,DNS:$NODE" serverAuth
 }
 
 cert() {
@@ -225,6 +231,7 @@ network_up() {
     ip addr add "$POD_GW/24" dev "$BRIDGE"
   fi
   ip link set "$BRIDGE" up
+  ip -o addr show dev lo | grep -q " $NODE_IP/32 " || ip addr add "$NODE_IP/32" dev lo
   sysctl -qw "net.ipv4.conf.$BRIDGE.route_localnet=1"
   sysctl -qw net.ipv4.ip_forward=1
   nft -f - <<EOF
@@ -238,6 +245,12 @@ table ip $NFT_TABLE {
   chain forward {
     type filter hook forward priority filter; policy accept;
     iifname "$BRIDGE" ip daddr { $POD_CIDR, 198.18.0.0/15 } accept
+    iifname "$BRIDGE" drop
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "$BRIDGE" ct state established,related accept
+    iifname "$BRIDGE" ip daddr 127.0.0.1 tcp dport $API_PORT accept
     iifname "$BRIDGE" drop
   }
 }
@@ -273,6 +286,10 @@ state = "$S/containerd/state"
   path = "$S/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/agentcell/pause:dev"
+  # This machine's root lacks CAP_SYS_RESOURCE (it runs in a sandbox of its own): no process
+  # may lower its oom_score_adj, which the kubelet asks for the pod sandbox (-998). Clamp to
+  # containerd's own, as for rootless containerd.
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   [plugins."io.containerd.grpc.v1.cri".containerd]
@@ -416,8 +433,10 @@ kubelet_up() {
   cat >"$S/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-address: 127.0.0.1
+address: $NODE_IP
 port: $KUBELET_PORT
+# See restrict_oom_score_adj in containerd's configuration.
+oomScoreAdj: 0
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: 10248
@@ -446,8 +465,18 @@ syncFrequency: 10s
 fileCheckFrequency: 10s
 nodeStatusUpdateFrequency: 5s
 EOF
+  # The kubelet wants its cgroup root to exist in every hierarchy (a v1 cpuset needs its CPUs
+  # and memory nodes before anything can join it).
+  local h
+  for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/unified/; do
+    [ -d "$h" ] && mkdir -p "$h$CGROUP_ROOT"
+  done
+  if [ -f /sys/fs/cgroup/cpuset/cpuset.cpus ]; then
+    cat /sys/fs/cgroup/cpuset/cpuset.cpus >"/sys/fs/cgroup/cpuset/$CGROUP_ROOT/cpuset.cpus"
+    cat /sys/fs/cgroup/cpuset/cpuset.mems >"/sys/fs/cgroup/cpuset/$CGROUP_ROOT/cpuset.mems"
+  fi
   service kubelet "exec $BIN/kubelet --config=$S/kubelet/config.yaml --kubeconfig=$S/kubelet.kubeconfig \
---root-dir=$S/kubelet --cert-dir=$S/kubelet/pki --hostname-override=$NODE --node-ip=127.0.0.1 -v=1"
+--root-dir=$S/kubelet --cert-dir=$S/kubelet/pki --hostname-override=$NODE --node-ip=$NODE_IP -v=1"
   wait_for "node $NODE" 120 node_ready
   kubectl label node "$NODE" agentcell.dev/node=true --overwrite >/dev/null
 }
@@ -564,10 +593,14 @@ cmd_down() {
   done
   nft delete table ip "$NFT_TABLE" 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
-  # The kubelet's iptables canaries (it makes them to notice a flush of its rules).
+  ip addr del "$NODE_IP/32" dev lo 2>/dev/null || true
+  # The kubelet's iptables chains: its canaries (to notice a flush of its rules) and the hint
+  # naming the iptables backend it used.
   for ipt in iptables ip6tables; do
     for t in mangle nat filter; do
-      "$ipt" -t "$t" -F KUBE-KUBELET-CANARY 2>/dev/null && "$ipt" -t "$t" -X KUBE-KUBELET-CANARY 2>/dev/null
+      for chain in KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+        "$ipt" -t "$t" -F "$chain" 2>/dev/null && "$ipt" -t "$t" -X "$chain" 2>/dev/null
+      done
     done
   done
   [ -f "$S/ip_forward.orig" ] && sysctl -qw "net.ipv4.ip_forward=$(cat "$S/ip_forward.orig")"
