@@ -31,8 +31,10 @@ libs() {
   done
 }
 
+# Debug information stripped (a debug build's ~220 MiB are mostly DWARF); code unchanged.
 bin() {
   install -m 0755 "$bins/$1" "$out/usr/local/bin/$1"
+  strip --strip-debug "$out/usr/local/bin/$1"
   libs "$out/usr/local/bin/$1"
 }
 
