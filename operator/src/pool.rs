@@ -89,6 +89,12 @@ fn pool_labels(pool: &AgentSandboxPool, id: &PoolIdentity) -> BTreeMap<String, S
     ])
 }
 
+/// The unclaimed members of `pool` as a label selector: the scale subresource's
+/// `status.selector` (what `status.replicas` counts).
+pub fn member_selector(pool: &AgentSandboxPool) -> String {
+    format!("{LABEL_POOL}={},!{LABEL_CLAIM}", pool.name_any())
+}
+
 /// A new member: the template, owned by the pool, labelled with what makes it current. The API
 /// server picks the name (`generateName`).
 pub fn new_member(pool: &AgentSandboxPool, id: &PoolIdentity) -> AgentSandbox {
@@ -476,6 +482,21 @@ mod tests {
     fn stale(mut m: AgentSandbox) -> AgentSandbox {
         m.labels_mut().insert(LABEL_TEMPLATE.into(), "0000".into());
         m
+    }
+
+    #[test]
+    fn member_selector_names_the_pool_and_excludes_claimed() {
+        let pool: AgentSandboxPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "agentcell.dev/v1alpha1", "kind": "AgentSandboxPool",
+            "metadata": {"name": "p1", "namespace": "n"},
+            "spec": {"replicas": 1, "template": {"policy": {"preset": "coding-agent"},
+                     "podTemplate": {"spec": {"containers": [{"name": "a", "image": "i"}]}}}}
+        }))
+        .unwrap();
+        assert_eq!(
+            member_selector(&pool),
+            "agentcell.dev/pool=p1,!agentcell.dev/claim"
+        );
     }
 
     #[test]

@@ -239,6 +239,7 @@ impl Pool {
             policy_digest: Some(policy.digest.clone()),
             policy_short_digest: Some(policy.short_digest()),
             conditions: conds.finish_types(&POOL_CONDITIONS),
+            selector: Some(crate::pool::member_selector(pool)),
         };
         write_pool_status(pool, ctx, &ns, status).await?;
         Ok(if plan.hold.is_some() {
