@@ -162,9 +162,15 @@ impl Cluster {
         v["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// `kubectl exec` into `pod` (its first container): the command's result.
+    /// `kubectl exec` into `pod` (its first container): the command's result. Bounded (two
+    /// minutes): an exec stream that never ends fails the stage instead of hanging the suite.
     pub fn exec(&self, ns: &str, pod: &str, script: &str) -> Out {
-        self.kubectl(&["exec", "-n", ns, pod, "--", "/bin/sh", "-c", script])
+        let mut c = Command::new("timeout");
+        c.arg("120")
+            .arg(format!("{}/kubectl", self.bin))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["exec", "-n", ns, pod, "--", "/bin/sh", "-c", script]);
+        run(&mut c, None)
     }
 
     /// Events of one object, as `type reason: message` lines.

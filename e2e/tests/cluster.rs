@@ -114,9 +114,11 @@ fn pod_template(extra_volumes: &str) -> String {
             volumeMounts:
               - {{name: work, mountPath: /work}}
               - {{name: sandbox, mountPath: /sandbox}}
+              - {{name: workspace, mountPath: /workspace}}
         volumes:
           - {{name: work, emptyDir: {{}}}}
-          - {{name: sandbox, emptyDir: {{}}}}{extra_volumes}
+          - {{name: sandbox, emptyDir: {{}}}}
+          - {{name: workspace, emptyDir: {{}}}}{extra_volumes}
 "#
     )
 }
@@ -275,7 +277,9 @@ fn main() {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: acl-policy, namespace: {NS}}}\ndata:\n  policy.json: '{}'\n",
             configmap_policy(&[])
         ));
-        k.apply(&sandbox("sb-preset", "      preset: untrusted-code", ""));
+        // offline, not untrusted-code: that preset's 60 s timeoutMs ends the container every
+        // minute (and the kubelet restarts it), which a long suite would see.
+        k.apply(&sandbox("sb-preset", "      preset: offline", ""));
         k.apply(&sandbox(
             "sb-inline",
             &format!("      inline:\n{}", indent(&inline_policy(), 8)),
@@ -331,11 +335,11 @@ fn main() {
         let out = probe(&k, "sb-cm");
         assert!(out.contains("TOKEN-READ") && out.contains("ROOT-READONLY"), "{out}");
         assert!(out.contains(&format!("{h}.2:8080 BLOCKED")), "{out}");
-        // The preset: /sandbox writable, /work not granted.
+        // The preset (offline): /workspace writable, /work not granted.
         let out = k
-            .exec(NS, "sb-preset", "echo a > /sandbox/a && echo WROTE-SANDBOX; echo b > /work/b 2>/dev/null || echo WORK-DENIED")
+            .exec(NS, "sb-preset", "echo a > /workspace/a && echo WROTE-WORKSPACE; echo b > /work/b 2>/dev/null || echo WORK-DENIED")
             .expect("exec");
-        assert!(out.contains("WROTE-SANDBOX") && out.contains("WORK-DENIED"), "{out}");
+        assert!(out.contains("WROTE-WORKSPACE") && out.contains("WORK-DENIED"), "{out}");
     });
 
     suite.stage("the_api_server_refuses_bad_manifests_naming_the_field", &install, || {
@@ -347,13 +351,13 @@ fn main() {
             }
         };
         bad(
-            sandbox("bad-enum", "      preset: untrusted-code", "    isolation: bogus\n"),
+            sandbox("bad-enum", "      preset: offline", "    isolation: bogus\n"),
             &["spec.isolation", "Unsupported value: \"bogus\""],
         );
         bad(
             sandbox(
                 "bad-two-sources",
-                &format!("      preset: untrusted-code\n      inline:\n{}", indent(&inline_policy(), 8)),
+                &format!("      preset: offline\n      inline:\n{}", indent(&inline_policy(), 8)),
                 "",
             ),
             &["spec.policy", "exactly one of inline, configMapRef, preset must be set"],
@@ -361,14 +365,14 @@ fn main() {
         bad(
             sandbox(
                 "bad-lifetime",
-                "      preset: untrusted-code",
+                "      preset: offline",
                 "    lifetime: {shutdownAfter: 1h, shutdownTime: \"2030-01-01T00:00:00Z\"}\n",
             ),
             &["spec.lifetime", "exactly one of shutdownAfter, shutdownTime must be set"],
         );
         bad(
             format!(
-                "apiVersion: agentcell.dev/v1alpha1\nkind: AgentSandboxPool\nmetadata: {{name: bad-pool, namespace: {NS}}}\nspec:\n  replicas: 5\n  maxReplicas: 2\n  template:\n    policy: {{preset: untrusted-code}}\n    podTemplate: {{spec: {{containers: [{{name: a, image: {IMAGE}}}]}}}}\n"
+                "apiVersion: agentcell.dev/v1alpha1\nkind: AgentSandboxPool\nmetadata: {{name: bad-pool, namespace: {NS}}}\nspec:\n  replicas: 5\n  maxReplicas: 2\n  template:\n    policy: {{preset: offline}}\n    podTemplate: {{spec: {{containers: [{{name: a, image: {IMAGE}}}]}}}}\n"
             ),
             &["spec", "replicas must not exceed maxReplicas"],
         );
@@ -403,7 +407,7 @@ fn main() {
 
     suite.stage("pools_fill_claims_bind_once_and_scale_through_the_subresource", &install, || {
         k.apply(&format!(
-            "apiVersion: agentcell.dev/v1alpha1\nkind: AgentSandboxPool\nmetadata: {{name: p1, namespace: {NS}}}\nspec:\n  replicas: 2\n  maxReplicas: 6\n  template:\n    policy: {{preset: untrusted-code}}\n{}",
+            "apiVersion: agentcell.dev/v1alpha1\nkind: AgentSandboxPool\nmetadata: {{name: p1, namespace: {NS}}}\nspec:\n  replicas: 2\n  maxReplicas: 6\n  template:\n    policy: {{preset: offline}}\n{}",
             pod_template("")
         ));
         let ready = |n: i64, secs| {
@@ -504,7 +508,7 @@ fn main() {
         // Lifetime: Delete at the deadline, with an Expired event.
         k.apply(&sandbox(
             "sb-expire",
-            "      preset: untrusted-code",
+            "      preset: offline",
             "    lifetime: {shutdownAfter: 20s, shutdownPolicy: Delete}\n",
         ));
         ready_sandbox(&k, "sb-expire", 240);
