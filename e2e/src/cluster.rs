@@ -62,12 +62,7 @@ fn run(cmd: &mut Command, input: Option<&str>) -> Out {
     .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     if let Some(i) = input {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(i.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
     }
     let o = child.wait_with_output().unwrap();
     Out {
@@ -100,7 +95,10 @@ impl Cluster {
                 bin = v.split(':').next().unwrap().to_owned();
             }
         }
-        assert!(!kubeconfig.is_empty() && !bin.is_empty(), "cluster.sh env: {env}");
+        assert!(
+            !kubeconfig.is_empty() && !bin.is_empty(),
+            "cluster.sh env: {env}"
+        );
         let helm = std::env::var("AGENTCELL_HELM")
             .unwrap_or_else(|_| "/opt/agentcell-tools/bin/helm".to_owned());
         Cluster {

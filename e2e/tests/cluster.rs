@@ -90,12 +90,19 @@ fn service_pid(name: &str) -> Option<u32> {
 }
 
 fn nft_tables() -> BTreeSet<String> {
-    let out = std::process::Command::new("nft").args(["list", "tables"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn containerd_config() -> Vec<u8> {
-    std::fs::read(format!("{STATE}/containerd/config.toml")).expect("the cluster's containerd config")
+    std::fs::read(format!("{STATE}/containerd/config.toml"))
+        .expect("the cluster's containerd config")
 }
 
 fn pod_template(extra_volumes: &str) -> String {
@@ -167,7 +174,10 @@ fn gone(k: &Cluster, kind: &str, ns: &str, name: &str, secs: u64) {
     wait(&format!("{kind} {name} deleted"), secs, || {
         match k.get(kind, ns, name) {
             None => Ok(()),
-            Some(o) => Err(format!("still there: {}", o["metadata"]["deletionTimestamp"])),
+            Some(o) => Err(format!(
+                "still there: {}",
+                o["metadata"]["deletionTimestamp"]
+            )),
         }
     })
 }
@@ -214,53 +224,103 @@ fn main() {
     // after the install below (it would take that install back).
     wait("no pods left in the release namespace", 300, || {
         let p = k.list("pods", SYS, &[]);
-        if p.is_empty() { Ok(()) } else { Err(format!("{} pods", p.len())) }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} pods", p.len()))
+        }
     });
     let _ = k.kubectl(&["delete", "ns", NS, "--wait=true", "--timeout=120s"]);
     let original = containerd_config();
     let tables_before = nft_tables();
     let host = TestHost::new(HOST_K, &[8080, 8081]);
 
-    suite.stage("helm_install_runs_the_operator_and_installs_the_node", &[], || {
-        let before = service_pid("containerd").expect("the cluster's containerd runs");
-        k.helm(&[
-            "install", RELEASE, chart, "-n", SYS, "--create-namespace", "-f", values, "--wait",
-            "--timeout", "10m",
-        ])
-        .expect("helm install");
-        let dep = &k.list("deploy", SYS, &["-l", "app.kubernetes.io/name=agentcell-operator"])[0];
-        assert_eq!(condition(dep, "Available").unwrap().0, "True", "{}", dep["status"]);
-        // Under the chart's own ServiceAccount (its RBAC is checked by the no-403 stage).
-        let sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let sa_obj = k.get("sa", SYS, &sa).expect("the chart's ServiceAccount");
-        assert_eq!(sa_obj["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
-        // Helm's --wait does not wait for a DaemonSet with maxUnavailable 1 on one node.
-        wait("the node DaemonSet Ready", 180, || {
-            let ds = &k.list("ds", SYS, &[])[0];
-            if ds["status"]["numberReady"] == 1 { Ok(()) } else { Err(ds["status"].to_string()) }
-        });
-        let pods = k.list("pods", SYS, &["-l", "app.kubernetes.io/name=agentcell-node"]);
-        assert_eq!(pods.len(), 1);
-        assert_eq!(pods[0]["spec"]["nodeName"], NODE);
-        let log = k
-            .kubectl(&["logs", "-n", SYS, pods[0]["metadata"]["name"].as_str().unwrap()])
-            .expect("installer log");
-        assert!(log.contains("containerd restart: Command"), "{log}");
-        // The installer changed the cluster containerd's configuration and restarted it with
-        // the host's supervisor (no systemd here).
-        let now = String::from_utf8(containerd_config()).unwrap();
-        assert!(now.contains("runtimes.agentcell]") && now.contains("runtimes.agentcell-vm]"), "{now}");
-        let after = service_pid("containerd").expect("containerd back up");
-        assert_ne!(before, after, "containerd was not restarted");
-        assert!(std::path::Path::new(&format!("{STATE}/bin/containerd-shim-agentcell-v2")).exists());
-        for rc in ["agentcell", "agentcell-vm"] {
-            let rc = k.get("runtimeclass", "", rc).expect("RuntimeClass");
-            assert_eq!(rc["scheduling"]["nodeSelector"]["agentcell.dev/node"], "true");
-        }
-    });
+    suite.stage(
+        "helm_install_runs_the_operator_and_installs_the_node",
+        &[],
+        || {
+            let before = service_pid("containerd").expect("the cluster's containerd runs");
+            k.helm(&[
+                "install",
+                RELEASE,
+                chart,
+                "-n",
+                SYS,
+                "--create-namespace",
+                "-f",
+                values,
+                "--wait",
+                "--timeout",
+                "10m",
+            ])
+            .expect("helm install");
+            let dep = &k.list(
+                "deploy",
+                SYS,
+                &["-l", "app.kubernetes.io/name=agentcell-operator"],
+            )[0];
+            assert_eq!(
+                condition(dep, "Available").unwrap().0,
+                "True",
+                "{}",
+                dep["status"]
+            );
+            // Under the chart's own ServiceAccount (its RBAC is checked by the no-403 stage).
+            let sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let sa_obj = k.get("sa", SYS, &sa).expect("the chart's ServiceAccount");
+            assert_eq!(
+                sa_obj["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "Helm"
+            );
+            // Helm's --wait does not wait for a DaemonSet with maxUnavailable 1 on one node.
+            wait("the node DaemonSet Ready", 180, || {
+                let ds = &k.list("ds", SYS, &[])[0];
+                if ds["status"]["numberReady"] == 1 {
+                    Ok(())
+                } else {
+                    Err(ds["status"].to_string())
+                }
+            });
+            let pods = k.list(
+                "pods",
+                SYS,
+                &["-l", "app.kubernetes.io/name=agentcell-node"],
+            );
+            assert_eq!(pods.len(), 1);
+            assert_eq!(pods[0]["spec"]["nodeName"], NODE);
+            let log = k
+                .kubectl(&[
+                    "logs",
+                    "-n",
+                    SYS,
+                    pods[0]["metadata"]["name"].as_str().unwrap(),
+                ])
+                .expect("installer log");
+            assert!(log.contains("containerd restart: Command"), "{log}");
+            // The installer changed the cluster containerd's configuration and restarted it with
+            // the host's supervisor (no systemd here).
+            let now = String::from_utf8(containerd_config()).unwrap();
+            assert!(
+                now.contains("runtimes.agentcell]") && now.contains("runtimes.agentcell-vm]"),
+                "{now}"
+            );
+            let after = service_pid("containerd").expect("containerd back up");
+            assert_ne!(before, after, "containerd was not restarted");
+            assert!(
+                std::path::Path::new(&format!("{STATE}/bin/containerd-shim-agentcell-v2")).exists()
+            );
+            for rc in ["agentcell", "agentcell-vm"] {
+                let rc = k.get("runtimeclass", "", rc).expect("RuntimeClass");
+                assert_eq!(
+                    rc["scheduling"]["nodeSelector"]["agentcell.dev/node"],
+                    "true"
+                );
+            }
+        },
+    );
 
     let install = ["helm_install_runs_the_operator_and_installs_the_node"];
     suite.stage("sandboxes_from_preset_inline_and_configmap_are_ready_and_confined", &install, || {
@@ -563,33 +623,49 @@ fn main() {
         }
     });
 
-    suite.stage("the_lease_is_held_and_renewed_and_the_operator_log_has_no_403", &install, || {
-        let lease = format!("{RELEASE}-operator");
-        let get = || k.get("lease", SYS, &lease).expect("the operator's Lease");
-        let l1 = get();
-        let holder = l1["spec"]["holderIdentity"].as_str().unwrap().to_owned();
-        let pods = k.list("pods", SYS, &["-l", "app.kubernetes.io/name=agentcell-operator"]);
-        assert!(pods.iter().any(|p| p["metadata"]["name"] == holder.as_str()), "holder {holder}");
-        let l2 = wait("the Lease renewed", 30, || {
-            let l = get();
-            if l["spec"]["renewTime"] != l1["spec"]["renewTime"] { Ok(l) } else { Err(l["spec"].to_string()) }
-        });
-        assert_eq!(l2["spec"]["holderIdentity"], holder.as_str());
-        let mut all = String::new();
-        for p in &pods {
-            let log = k
-                .kubectl(&["logs", "-n", SYS, p["metadata"]["name"].as_str().unwrap()])
-                .expect("operator log");
-            // A refused call is logged with the API's status (code 403, reason Forbidden);
-            // digests may contain the digits 403, so match the status, not the number.
-            for bad in ["Forbidden", "forbidden", "\"code\":403", "403 Forbidden"] {
-                assert!(!log.contains(bad), "{bad} in the operator's log:\n{log}");
+    suite.stage(
+        "the_lease_is_held_and_renewed_and_the_operator_log_has_no_403",
+        &install,
+        || {
+            let lease = format!("{RELEASE}-operator");
+            let get = || k.get("lease", SYS, &lease).expect("the operator's Lease");
+            let l1 = get();
+            let holder = l1["spec"]["holderIdentity"].as_str().unwrap().to_owned();
+            let pods = k.list(
+                "pods",
+                SYS,
+                &["-l", "app.kubernetes.io/name=agentcell-operator"],
+            );
+            assert!(
+                pods.iter()
+                    .any(|p| p["metadata"]["name"] == holder.as_str()),
+                "holder {holder}"
+            );
+            let l2 = wait("the Lease renewed", 30, || {
+                let l = get();
+                if l["spec"]["renewTime"] != l1["spec"]["renewTime"] {
+                    Ok(l)
+                } else {
+                    Err(l["spec"].to_string())
+                }
+            });
+            assert_eq!(l2["spec"]["holderIdentity"], holder.as_str());
+            let mut all = String::new();
+            for p in &pods {
+                let log = k
+                    .kubectl(&["logs", "-n", SYS, p["metadata"]["name"].as_str().unwrap()])
+                    .expect("operator log");
+                // A refused call is logged with the API's status (code 403, reason Forbidden);
+                // digests may contain the digits 403, so match the status, not the number.
+                for bad in ["Forbidden", "forbidden", "\"code\":403", "403 Forbidden"] {
+                    assert!(!log.contains(bad), "{bad} in the operator's log:\n{log}");
+                }
+                all.push_str(&log);
             }
-            all.push_str(&log);
-        }
-        // The leader's log is among them: it did the suite's work.
-        assert!(all.contains("pod applied"), "no leader log read:\n{all}");
-    });
+            // The leader's log is among them: it did the suite's work.
+            assert!(all.contains("pod applied"), "no leader log read:\n{all}");
+        },
+    );
 
     suite.stage("a_micro_vm_sandbox_is_ready_and_confined", &install, || {
         k.apply(&sandbox(
@@ -616,17 +692,28 @@ fn main() {
     });
 
     suite.stage("helm_uninstall_restores_the_node", &install, || {
-        k.kubectl(&["delete", "ns", NS, "--timeout=300s"]).expect("delete the test namespace");
+        k.kubectl(&["delete", "ns", NS, "--timeout=300s"])
+            .expect("delete the test namespace");
         k.helm(&["uninstall", RELEASE, "-n", SYS, "--wait", "--timeout", "5m"])
             .expect("helm uninstall");
         wait("the node pod gone", 180, || {
             let p = k.list("pods", SYS, &[]);
-            if p.is_empty() { Ok(()) } else { Err(format!("{} pods", p.len())) }
+            if p.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} pods", p.len()))
+            }
         });
         // The preStop uninstall put containerd's configuration back byte for byte.
         let now = containerd_config();
-        assert!(now == original, "config.toml differs:\n{}", String::from_utf8_lossy(&now));
-        assert!(!std::path::Path::new(&format!("{STATE}/bin/containerd-shim-agentcell-v2")).exists());
+        assert!(
+            now == original,
+            "config.toml differs:\n{}",
+            String::from_utf8_lossy(&now)
+        );
+        assert!(
+            !std::path::Path::new(&format!("{STATE}/bin/containerd-shim-agentcell-v2")).exists()
+        );
         assert!(!std::path::Path::new(&format!("{STATE}/agentcell/node-install.json")).exists());
         let pods = k.list("pods", "", &["-A"]);
         assert!(pods.is_empty(), "pods left: {}", pods.len());
@@ -642,14 +729,29 @@ fn main() {
                     left.push(cmd);
                 }
             }
-            if left.is_empty() { Ok(()) } else { Err(format!("{left:?}")) }
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
         });
         let () = procs;
         let tasks = std::process::Command::new("ctr")
-            .args(["-a", &format!("{STATE}/containerd/containerd.sock"), "-n", "k8s.io", "tasks", "ls", "-q"])
+            .args([
+                "-a",
+                &format!("{STATE}/containerd/containerd.sock"),
+                "-n",
+                "k8s.io",
+                "tasks",
+                "ls",
+                "-q",
+            ])
             .output()
             .unwrap();
-        assert!(String::from_utf8_lossy(&tasks.stdout).trim().is_empty(), "tasks left");
+        assert!(
+            String::from_utf8_lossy(&tasks.stdout).trim().is_empty(),
+            "tasks left"
+        );
         // No nft table was left on the host (the fences live in the pods' namespaces).
         let after = nft_tables();
         let new: Vec<_> = after.difference(&tables_before).collect();

@@ -744,10 +744,17 @@ fn restart_command_runs_in_the_host_root_when_the_config_changes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("restart containerd: echo no supervisor >&2; exit 3") && err.contains("no supervisor"),
+        err.contains("restart containerd: echo no supervisor >&2; exit 3")
+            && err.contains("no supervisor"),
         "{err}"
     );
-    let _ = agentcell(&["node", "uninstall", "--host-root", r.to_str().unwrap(), "--no-restart"]);
+    let _ = agentcell(&[
+        "node",
+        "uninstall",
+        "--host-root",
+        r.to_str().unwrap(),
+        "--no-restart",
+    ]);
     let _ = std::fs::remove_dir_all(&r);
 }
 
@@ -768,7 +775,13 @@ fn a_shim_bigger_than_the_memory_limit_installs() {
     let out = Command::new("sh")
         .args(["-c", "ulimit -v 307200; exec \"$0\" \"$@\""])
         .arg(env!("CARGO_BIN_EXE_agentcell"))
-        .args(["node", "install", "--host-root", r.to_str().unwrap(), "--shim"])
+        .args([
+            "node",
+            "install",
+            "--host-root",
+            r.to_str().unwrap(),
+            "--shim",
+        ])
         .arg(&shim)
         .args(["--containerd-version", "1.6.20", "--no-restart", "--json"])
         .output()
