@@ -718,7 +718,7 @@ fn main() {
         let pods = k.list("pods", "", &["-A"]);
         assert!(pods.is_empty(), "pods left: {}", pods.len());
         // No shim or VM of ours runs, and no pod network namespace of our containerd is left.
-        let procs = wait("no agentcell shim or qemu left", 60, || {
+        wait("no agentcell shim or qemu left", 60, || {
             let mut left = Vec::new();
             for e in std::fs::read_dir("/proc").unwrap().flatten() {
                 let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
@@ -735,7 +735,6 @@ fn main() {
                 Err(format!("{left:?}"))
             }
         });
-        let () = procs;
         let tasks = std::process::Command::new("ctr")
             .args([
                 "-a",
