@@ -19,8 +19,10 @@ target/debug/agentcell vm install-kernel
 target/debug/agentcell vm install-agent target/x86_64-unknown-linux-musl/release/agentcell-guest
 echo "== cargo test"
 log=$(mktemp)
-# The cluster suite (e2e/tests/cluster.rs) starts scripts/cluster.sh's cluster; it stops here,
-# whatever the outcome.
+# The cluster suite (e2e/tests/cluster.rs) starts scripts/cluster.sh's cluster and stops it when
+# it ends (AGENTCELL_CLUSTER_DOWN=1), so the suites after it find the machine as before; here
+# again whatever the outcome.
+export AGENTCELL_CLUSTER_DOWN=1
 trap 'rm -f "$log"; bash scripts/cluster.sh down >&2 || true' EXIT
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"

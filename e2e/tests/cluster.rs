@@ -7,8 +7,8 @@
 //!
 //! The stages depend on each other, so this is one ordered run (`harness = false`): each stage
 //! prints `test NAME ... ok|FAILED`, a stage after a failed one it needs is reported failed
-//! without running, and the closing line is libtest's. It leaves the cluster up (`cluster.sh
-//! down` stops it; scripts/test.sh does after the suite). Run it alone under the global lock:
+//! without running, and the closing line is libtest's. It leaves the cluster up for the next
+//! run (`cluster.sh down` stops it) unless AGENTCELL_CLUSTER_DOWN=1, which scripts/test.sh sets. Run it alone under the global lock:
 //! `flock /tmp/agentcell-root-tests.lock cargo test -p agentcell-e2e --test cluster`.
 
 use std::collections::BTreeSet;
@@ -758,5 +758,13 @@ fn main() {
     });
 
     drop(host);
+    // scripts/test.sh: the test binaries after this one find the machine as before.
+    if std::env::var("AGENTCELL_CLUSTER_DOWN").is_ok_and(|v| v == "1") {
+        let st = std::process::Command::new("bash")
+            .arg(repo().join("scripts/cluster.sh"))
+            .arg("down")
+            .status();
+        println!("scripts/cluster.sh down: {st:?}");
+    }
     suite.finish();
 }
