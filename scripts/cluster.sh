@@ -231,7 +231,10 @@ network_up() {
     ip addr add "$POD_GW/24" dev "$BRIDGE"
   fi
   ip link set "$BRIDGE" up
-  ip -o addr show dev lo | grep -q " $NODE_IP/32 " || ip addr add "$NODE_IP/32" dev lo
+  # (Read whole first: `grep -q` closing the pipe early would fail it under pipefail.)
+  local lo
+  lo=$(ip -o addr show dev lo)
+  case "$lo" in *" $NODE_IP/32 "*) ;; *) ip addr add "$NODE_IP/32" dev lo ;; esac
   sysctl -qw "net.ipv4.conf.$BRIDGE.route_localnet=1"
   sysctl -qw net.ipv4.ip_forward=1
   nft -f - <<EOF
