@@ -462,7 +462,11 @@ impl<'a> Claim<'a> {
                     self.claim.creation_timestamp().map(|t| t.0),
                     seen,
                 );
-                let secs = start.duration_until(self.now).as_secs_f64().max(0.0);
+                // Now, not the reconcile's start (`self.now`): the bind and its patches count.
+                let secs = start
+                    .duration_until(self.ctx.clock.now())
+                    .as_secs_f64()
+                    .max(0.0);
                 self.ctx.metrics.claim_to_bound.observe(secs);
                 (secs * 1000.0).round() as i64
             }
