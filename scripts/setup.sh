@@ -13,10 +13,13 @@ SUDO=""
 # bubblewrap, runc and crun are the baselines of benches/exec.sh; containerd (1.6) with the
 # bridge CNI (containernetworking-plugins, iptables for its masquerade) runs the shim's e2e suite;
 # protobuf-compiler builds the CRI client of that suite; python3 serves the test hosts' banners;
-# qemu-system-x86 runs the micro-VM tier (cpio checks its initramfs, xz unpacks its kernel).
+# qemu-system-x86 runs the micro-VM tier (cpio checks its initramfs, xz unpacks its kernel);
+# daemontools supervises the local cluster's processes (scripts/cluster.sh; the node installer
+# restarts its containerd with `svc -t`, this host having no systemd), openssl makes its
+# certificates.
 PKGS=(build-essential pkg-config libseccomp-dev busybox-static nftables iproute2 bubblewrap runc crun
   containerd containernetworking-plugins iptables protobuf-compiler python3
-  qemu-system-x86 cpio xz-utils)
+  qemu-system-x86 cpio xz-utils daemontools openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -82,4 +85,12 @@ rustup show active-toolchain >/dev/null
 # The micro-VM guest agent is a static musl binary.
 rustup target list --installed | grep -qx x86_64-unknown-linux-musl ||
   rustup target add x86_64-unknown-linux-musl
+# The local Kubernetes of the cluster suite (e2e/tests/cluster.rs): kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kubectl and etcd built from their Go modules
+# (Go toolchain and module proxy), once, into /opt/agentcell-tools/k8s/VERSION with checksums.
+command -v go >/dev/null 2>&1 || {
+  echo "setup: go not found (Go 1.24 or newer builds the local cluster)" >&2
+  exit 1
+}
+bash scripts/cluster.sh build
 echo "setup: ok"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of the repository: formatting, clippy, then the whole workspace's
-# tests (unit, conformance against ../shared/mxc-conformance, property, CLI, and root-only suites).
+# tests (unit, conformance against ../shared/mxc-conformance, property, CLI, and root-only suites,
+# the cluster suite on a real single-node Kubernetes among them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,11 @@ target/debug/agentcell vm install-kernel
 target/debug/agentcell vm install-agent target/x86_64-unknown-linux-musl/release/agentcell-guest
 echo "== cargo test"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# The cluster suite (e2e/tests/cluster.rs) starts scripts/cluster.sh's cluster and stops it when
+# it ends (AGENTCELL_CLUSTER_DOWN=1), so the suites after it find the machine as before; here
+# again whatever the outcome.
+export AGENTCELL_CLUSTER_DOWN=1
+trap 'rm -f "$log"; bash scripts/cluster.sh down >&2 || true' EXIT
 set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

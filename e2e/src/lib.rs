@@ -3,6 +3,7 @@
 //! `busybox-static`, and test hosts in network namespaces the test creates. Everything it
 //! creates is removed when the harness is dropped.
 
+pub mod cluster;
 pub mod image;
 pub mod testhost;
 

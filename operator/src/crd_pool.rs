@@ -20,6 +20,9 @@ use crate::crd::{AgentSandboxSpec, Lifetime};
     shortname = "asbpool",
     namespaced,
     status = "AgentSandboxPoolStatus",
+    // `kubectl scale` and a HorizontalPodAutoscaler set `spec.replicas` through this; the
+    // selector picks the unclaimed members (what `status.replicas` counts).
+    scale = r#"{"specReplicasPath":".spec.replicas","statusReplicasPath":".status.replicas","labelSelectorPath":".status.selector"}"#,
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Updated","type":"integer","jsonPath":".status.updatedReadyReplicas"}"#,
@@ -123,6 +126,9 @@ pub struct AgentSandboxPoolStatus {
     /// `Available`, `Progressing`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Label selector of the unclaimed members (the scale subresource's `status.selector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
 }
 
 /// A request for one sandbox from a pool: binds a Ready, current member.

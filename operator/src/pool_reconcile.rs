@@ -241,6 +241,7 @@ impl Pool {
             policy_digest: Some(policy.digest.clone()),
             policy_short_digest: Some(policy.short_digest()),
             conditions: conds.finish_types(&POOL_CONDITIONS),
+            selector: Some(crate::pool::member_selector(pool)),
         };
         write_pool_status(pool, ctx, &ns, status).await?;
         Ok(if plan.hold.is_some() {
@@ -319,11 +320,16 @@ impl<'a> Claim<'a> {
             conds: Conditions::from_prev(&prev.conditions, claim.metadata.generation, now),
         };
         let has_finalizer = claim.finalizers().iter().any(|f| f == CLAIM_FINALIZER);
+        let uid = claim.metadata.uid.clone().unwrap_or_default();
         if claim.metadata.deletion_timestamp.is_some() {
+            ctx.claims_seen.forget(&uid);
             if has_finalizer {
                 c.release().await?;
             }
             return Ok(Action::await_change());
+        }
+        if prev.claim_to_bound_millis.is_none() {
+            ctx.claims_seen.record(&uid, now);
         }
         if !has_finalizer {
             c.add_finalizer().await?;
@@ -451,8 +457,18 @@ impl<'a> Claim<'a> {
         let millis = match prev.claim_to_bound_millis {
             Some(ms) => ms,
             None => {
-                let created = self.claim.creation_timestamp().map_or(self.now, |t| t.0);
-                let secs = created.duration_until(self.now).as_secs_f64().max(0.0);
+                let uid = self.claim.metadata.uid.clone().unwrap_or_default();
+                let seen = self.ctx.claims_seen.record(&uid, self.now);
+                self.ctx.claims_seen.forget(&uid);
+                let start = crate::pool::claim_wait_start(
+                    self.claim.creation_timestamp().map(|t| t.0),
+                    seen,
+                );
+                // Now, not the reconcile's start (`self.now`): the bind and its patches count.
+                let secs = start
+                    .duration_until(self.ctx.clock.now())
+                    .as_secs_f64()
+                    .max(0.0);
                 self.ctx.metrics.claim_to_bound.observe(secs);
                 (secs * 1000.0).round() as i64
             }

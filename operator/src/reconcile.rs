@@ -88,6 +88,8 @@ pub struct Context {
     pub clock: Clock,
     /// Pool member creates not yet seen in a list, per pool.
     pub expectations: crate::pool::Expectations,
+    /// When each unbound claim was first seen (claim-to-Bound).
+    pub claims_seen: crate::pool::FirstSeen,
 }
 
 impl Context {
@@ -103,6 +105,7 @@ impl Context {
             metrics,
             clock: Clock::System,
             expectations: crate::pool::Expectations::default(),
+            claims_seen: crate::pool::FirstSeen::default(),
         }
     }
 

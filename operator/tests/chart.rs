@@ -283,9 +283,78 @@ fn default_values_render_the_documented_objects() {
     );
     assert_eq!(
         c["lifecycle"]["preStop"]["exec"]["command"],
-        serde_json::json!(["agentcell", "node", "uninstall", "--host-root=/host"])
+        serde_json::json!([
+            "agentcell",
+            "node",
+            "uninstall",
+            "--host-root=/host",
+            "--shim-dir=/usr/local/bin",
+            "--state-dir=/etc/agentcell",
+            "--shim-config-path=/etc/agentcell/shim.toml",
+            "--vm-dir=/var/lib/agentcell/vm"
+        ])
     );
     assert_eq!(pod["nodeSelector"]["agentcell.dev/node"], "true");
+}
+
+/// Found on the first real cluster (e2e/tests/cluster.rs): `node status --check` hashes every
+/// installed file (the guest kernel is ~65 MiB) and took longer than the probe's default 1 s,
+/// so the node pod never became Ready. And a host without systemd restarts containerd with
+/// node.restartCommand, passed without re-parsing; install, uninstall and status use the same
+/// host layout.
+#[test]
+fn the_node_probe_has_time_and_the_layout_and_restart_command_reach_every_step() {
+    let objs =
+        docs(&template(&["-f", chart().join("ci/local-values.yaml").to_str().unwrap()]).unwrap());
+    let c = &one(&objs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        c["readinessProbe"]["timeoutSeconds"].as_i64().unwrap() >= 10,
+        "{}",
+        c["readinessProbe"]
+    );
+    let layout = [
+        "--host-root=/host",
+        "--shim-dir=/var/lib/agentcell-cluster/bin",
+        "--state-dir=/var/lib/agentcell-cluster/agentcell",
+        "--shim-config-path=/var/lib/agentcell-cluster/agentcell/shim.toml",
+        "--vm-dir=/var/lib/agentcell-cluster/vm",
+    ];
+    let script = c["args"][0].as_str().unwrap();
+    assert!(script.contains(&layout.join(" ")), "{script}");
+    assert!(
+        script.contains(r#" --restart-command="$AGENTCELL_RESTART_COMMAND" "#),
+        "{script}"
+    );
+    let env = c["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "AGENTCELL_RESTART_COMMAND"
+            && e["value"] == "svc -t /var/lib/agentcell-cluster/sv/containerd"),
+        "{env:?}"
+    );
+    let stop: Vec<&str> = c["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&stop[3..8], layout);
+    assert_eq!(
+        &stop[8..],
+        [
+            "--restart-command",
+            "svc -t /var/lib/agentcell-cluster/sv/containerd"
+        ]
+    );
+    let probe: Vec<&str> = c["readinessProbe"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&probe[3..8], layout);
+    // Local images, never pulled.
+    assert_eq!(c["imagePullPolicy"], "Never");
+    assert_eq!(c["image"], "localhost/agentcell/node:dev");
 }
 
 #[test]

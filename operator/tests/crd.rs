@@ -250,7 +250,10 @@ fn examples_validate_against_the_crd_schema_and_the_policy_engine() {
         .filter(|(_, d)| d["kind"] == "AgentSandbox")
         .collect();
     let names: Vec<&str> = sandboxes.iter().map(|(f, _)| f.as_str()).collect();
-    assert_eq!(names, ["coding-agent.yaml", "ml-sandbox.yaml"]);
+    assert_eq!(
+        names,
+        ["coding-agent.yaml", "ml-sandbox.yaml", "quickstart.yaml"]
+    );
     for (file, doc) in &sandboxes {
         assert_eq!(doc["apiVersion"], "agentcell.dev/v1alpha1", "{file}");
         let errs = schema_errors(doc);

@@ -691,3 +691,108 @@ fn microvm_with_missing_assets_is_refused_naming_the_path() {
     assert_eq!(snapshot(&r), before, "a refused install wrote something");
     std::fs::remove_dir_all(&r).unwrap();
 }
+
+/// A host without systemd: `--restart-command` runs the host's own restart (its init system or
+/// supervisor) in the host's root, only when containerd's configuration changed, on install and
+/// on uninstall; a failing command fails the run naming it. Root: it chroots into the fixture.
+#[test]
+fn restart_command_runs_in_the_host_root_when_the_config_changes() {
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test chroots into its fixture root: run as root");
+    }
+    let r = root("restart-cmd");
+    std::fs::write(r.join("etc/containerd/config.toml"), DEBIAN_16).unwrap();
+    // The host's shell: a static busybox at /bin/sh of the fixture root.
+    std::fs::create_dir_all(r.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", r.join("bin/sh")).expect("busybox-static");
+    let shim = fake_shim(&r);
+    // `/restarts` is a path of the fixture root: the command ran chrooted there.
+    let cmd = "echo restarted >> /restarts";
+    let rep = install(&r, &shim, "1.6.20", &["--restart-command", cmd]);
+    assert_eq!(rep["restart"], "command", "{rep}");
+    assert_eq!(read(&r, "restarts"), "restarted\n");
+    // Same inputs: nothing changed, nothing restarted.
+    let rep = install(&r, &shim, "1.6.20", &["--restart-command", cmd]);
+    assert_eq!(rep["restart"], "not-needed", "{rep}");
+    assert_eq!(read(&r, "restarts"), "restarted\n");
+    let rep: Value = serde_json::from_str(&ok(agentcell(&[
+        "node",
+        "uninstall",
+        "--host-root",
+        r.to_str().unwrap(),
+        "--restart-command",
+        cmd,
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(rep["restart"], "command", "{rep}");
+    assert_eq!(read(&r, "restarts"), "restarted\nrestarted\n");
+    assert_eq!(read(&r, "etc/containerd/config.toml"), DEBIAN_16);
+    // A restart that fails is an error naming the command and what it printed.
+    let out = agentcell(&[
+        "node",
+        "install",
+        "--host-root",
+        r.to_str().unwrap(),
+        "--shim",
+        shim.to_str().unwrap(),
+        "--containerd-version",
+        "1.6.20",
+        "--restart-command",
+        "echo no supervisor >&2; exit 3",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("restart containerd: echo no supervisor >&2; exit 3")
+            && err.contains("no supervisor"),
+        "{err}"
+    );
+    let _ = agentcell(&[
+        "node",
+        "uninstall",
+        "--host-root",
+        r.to_str().unwrap(),
+        "--no-restart",
+    ]);
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+/// The shims are copied in chunks, never held whole: the chart's DaemonSet container has a
+/// 128 MiB limit and a debug shim is ~220 MiB (the installer was OOM-killed on the first real
+/// cluster). A 384 MiB shim installs under a 300 MiB address-space limit, which reading it
+/// whole cannot fit (the previous installer failed here with "out of memory").
+#[test]
+fn a_shim_bigger_than_the_memory_limit_installs() {
+    let r = root("big-shim");
+    std::fs::write(r.join("etc/containerd/config.toml"), DEBIAN_16).unwrap();
+    let src = r.join("shim-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let shim = src.join("containerd-shim-agentcell-v2");
+    let f = std::fs::File::create(&shim).unwrap();
+    f.set_len(384 << 20).unwrap();
+    drop(f);
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -v 307200; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_agentcell"))
+        .args([
+            "node",
+            "install",
+            "--host-root",
+            r.to_str().unwrap(),
+            "--shim",
+        ])
+        .arg(&shim)
+        .args(["--containerd-version", "1.6.20", "--no-restart", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied = r.join("usr/local/bin/containerd-shim-agentcell-v2");
+    assert_eq!(std::fs::metadata(&copied).unwrap().len(), 384 << 20);
+    let _ = std::fs::remove_dir_all(&r);
+}

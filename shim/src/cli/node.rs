@@ -76,8 +76,13 @@ pub struct CommonArgs {
     #[command(flatten)]
     layout: LayoutArgs,
     /// Do not restart containerd (report that it needs one instead).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "restart_command")]
     no_restart: bool,
+    /// Restart containerd with this host command (run by the host's /bin/sh in the host's
+    /// root) instead of systemd: for hosts without systemd, e.g. `rc-service containerd
+    /// restart`, `sv restart containerd`, `svc -t /service/containerd`.
+    #[arg(long, value_name = "CMD")]
+    restart_command: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -166,6 +171,8 @@ pub fn run(cmd: NodeCommand) -> ExitCode {
 fn restart_mode(c: &CommonArgs) -> RestartMode {
     if c.no_restart {
         RestartMode::Skip
+    } else if let Some(cmd) = &c.restart_command {
+        RestartMode::Command(cmd.clone())
     } else {
         RestartMode::Auto
     }

@@ -133,12 +133,16 @@ impl Host {
 }
 
 /// How containerd is restarted after its configuration changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestartMode {
     /// systemd when the host runs it, otherwise report that a restart is needed.
     Auto,
     /// Never (tests, or the operator restarts containerd itself).
     Skip,
+    /// This host command, run by the host's `/bin/sh -c` in the host's root: for hosts whose
+    /// containerd is not a systemd unit (`rc-service containerd restart` under OpenRC,
+    /// `sv restart containerd` under runit, `svc -t /service/containerd` under daemontools).
+    Command(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -150,6 +154,8 @@ pub enum Restart {
     Systemd,
     /// Changed, but containerd is not a systemd unit here: whoever runs it must restart it.
     Manual,
+    /// Restarted by the `--restart-command` given.
+    Command,
 }
 
 pub struct InstallSpec {
@@ -325,6 +331,20 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// An input file that can be opened for reading (checked before anything is written).
+fn readable_file(path: &Path) -> Result<(), NodeError> {
+    let meta = fs::File::open(path)
+        .and_then(|f| f.metadata())
+        .map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(io_err(path)(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    Ok(())
 }
 
 fn read_opt(path: &Path) -> Result<Option<Vec<u8>>, NodeError> {
@@ -589,12 +609,15 @@ fn vm_asset_files(dir: &Path) -> Result<(Vec<String>, String), NodeError> {
 pub fn install(host: &Host, spec: &InstallSpec) -> Result<InstallReport, NodeError> {
     check_shim_toml(&spec.shim_toml)?;
     // Every input is checked before the first write, so a bad one leaves the host alone.
-    let shim = fs::read(&spec.shim).map_err(io_err(&spec.shim))?;
+    // The shims are copied in chunks like the VM assets, never read whole: a debug build is
+    // ~220 MiB and the chart's DaemonSet container is limited to 128 MiB (the installer was
+    // OOM-killed there, on the first real cluster).
+    readable_file(&spec.shim)?;
     let vm = match &spec.microvm {
         Some(m) => {
-            let shim = fs::read(&m.shim).map_err(io_err(&m.shim))?;
+            readable_file(&m.shim)?;
             let (files, release) = vm_asset_files(&m.assets)?;
-            Some((m, shim, files, release))
+            Some((m, &m.shim, files, release))
         }
         None => None,
     };
@@ -644,9 +667,9 @@ pub fn install(host: &Host, spec: &InstallSpec) -> Result<InstallReport, NodeErr
         visited: BTreeSet::new(),
     };
     w.mkdirs(&host.state_dir)?;
-    w.write(&host.shim_dest(), &shim, 0o755)?;
+    w.put(&host.shim_dest(), Source::File(&spec.shim), 0o755)?;
     if let Some((m, vm_shim, files, _)) = &vm {
-        w.write(&host.vm_shim_dest(), vm_shim, 0o755)?;
+        w.put(&host.vm_shim_dest(), Source::File(vm_shim), 0o755)?;
         let vm_dir = host.vm_dir.trim_end_matches('/');
         for rel in files {
             let src = m.assets.join(rel);
@@ -692,7 +715,7 @@ pub fn install(host: &Host, spec: &InstallSpec) -> Result<InstallReport, NodeErr
     if previous.as_ref() != Some(&w.state) {
         save_state(host, &w.state)?;
     }
-    let restart = restart(host, containerd_changed, spec.restart)?;
+    let restart = restart(host, containerd_changed, spec.restart.clone())?;
     info!(mode, file = %target, changed, microvm = runtimes.microvm, ?restart, "agentcell runtime installed");
     Ok(InstallReport {
         containerd_version,
@@ -954,8 +977,10 @@ fn restart(host: &Host, changed: bool, mode: RestartMode) -> Result<Restart, Nod
     if !changed {
         return Ok(Restart::NotNeeded);
     }
-    if mode == RestartMode::Skip {
-        return Ok(Restart::Skipped);
+    match mode {
+        RestartMode::Skip => return Ok(Restart::Skipped),
+        RestartMode::Command(cmd) => return restart_command(host, &cmd),
+        RestartMode::Auto => {}
     }
     // systemd's own test for "booted with systemd" (sd_booted).
     if !host.path("/run/systemd/system").is_dir() {
@@ -975,4 +1000,24 @@ fn restart(host: &Host, changed: bool, mode: RestartMode) -> Result<Restart, Nod
     }
     info!("containerd restarted (systemctl restart containerd)");
     Ok(Restart::Systemd)
+}
+
+/// The host's own restart of containerd (its init system or supervisor), through the host's
+/// shell so the command's programs and libraries are the host's. Running shims and their
+/// containers survive a containerd restart, like under systemd.
+fn restart_command(host: &Host, cmd: &str) -> Result<Restart, NodeError> {
+    let out = host
+        .command("/bin/sh")
+        .args(["-c", cmd])
+        .output()
+        .map_err(|e| NodeError::Restart(format!("{cmd}: {e}")))?;
+    if !out.status.success() {
+        return Err(NodeError::Restart(format!(
+            "{cmd}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    info!(command = cmd, "containerd restarted");
+    Ok(Restart::Command)
 }
