@@ -24,7 +24,7 @@ ns=bench-pod
 kubectl delete ns "$ns" --ignore-not-found --wait=true >/dev/null
 kubectl create ns "$ns" >/dev/null
 trap 'kubectl delete ns "$ns" --wait=false >/dev/null 2>&1 || true' EXIT
-policy='{"version":"0.8.0-alpha","filesystem":{"readwritePaths":["/tmp"]},"network":{"egress":{"default":"deny"}}}'
+policy='{"version":"1.0.0","filesystem":{"readwritePaths":["/tmp"]},"network":{"egress":{"default":"deny"}}}'
 
 pod() { # name runtime-class-or-empty
   local rc=""

@@ -133,7 +133,7 @@ fn pod_template(extra_volumes: &str) -> String {
 /// The inline policy: /work writable, /etc/group denied, egress only to the test host's first
 /// address on 8080.
 fn inline_policy() -> Value {
-    json!({"version": "0.8.0-alpha",
+    json!({"version": "1.0.0",
         "filesystem": {"readwritePaths": ["/work"], "deniedPaths": ["/etc/group"]},
         "network": {"egress": {"default": "deny", "allow": [
             {"to": [{"cidr": format!("198.18.{HOST_K}.2/32")}], "ports": [{"protocol": "tcp", "port": 8080}]}]}}})
@@ -143,7 +143,7 @@ fn inline_policy() -> Value {
 fn configmap_policy(extra_ro: &[&str]) -> Value {
     let mut ro = vec!["/var/run/secrets/kubernetes.io/serviceaccount"];
     ro.extend_from_slice(extra_ro);
-    json!({"version": "0.8.0-alpha",
+    json!({"version": "1.0.0",
         "filesystem": {"readwritePaths": ["/work"], "readonlyPaths": ro},
         "network": {"egress": {"default": "deny"}}})
 }
@@ -439,7 +439,7 @@ fn main() {
         // Valid for the schema, invalid MXC: PolicyValid=False, a Warning event, no pod.
         k.apply(&sandbox(
             "sb-invalid",
-            "      inline: {\"version\": \"0.8.0-alpha\", \"filesystem\": {\"readwritePaths\": [42]}}",
+            "      inline: {\"version\": \"1.0.0\", \"filesystem\": {\"readwritePaths\": [42]}}",
             "",
         ));
         let s = wait("PolicyValid=False", 60, || {
