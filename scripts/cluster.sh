@@ -115,6 +115,9 @@ cmd_build() {
   (cd "$BIN" && sha256sum agentcell-k8s) >"$TOOLS/SHA256SUMS"
   cp "$REPO/scripts/k8s/go.sum" "$TOOLS/go.sum"
   build_inputs >"$TOOLS/inputs"
+  # The build cache (over 3 GB) only speeds up a rebuild of the same inputs, which built_ok
+  # skips anyway: the binary is the cache. Kept with AGENTCELL_KEEP_GOCACHE=1.
+  [ "${AGENTCELL_KEEP_GOCACHE:-0}" = 1 ] || rm -rf "$TOOLS/gocache"
   local took=$((SECONDS - start))
   echo "built in ${took}s on $(nproc) cores: $(go version)" >>"$TOOLS/build.log"
   log "built in ${took}s: $BIN/agentcell-k8s ($(du -h "$BIN/agentcell-k8s" | cut -f1)), sha256 in $TOOLS/SHA256SUMS"
