@@ -371,6 +371,10 @@ cmd_images() {
     bins=$REPO/target/release
   fi
   local vm=${AGENTCELL_VM_DIR:-/var/lib/agentcell/vm}
+  # The node image carries the micro-VM tier's kernel and guest agent: without them its copy
+  # fails with a bare `cp: cannot stat`, so say what is missing and how to install it.
+  [ -e "$vm/kernel/vmlinuz" ] && [ -e "$vm/agentcell-guest" ] ||
+    die "the micro-VM assets are missing in $vm (AGENTCELL_VM_DIR): run \`agentcell vm install-kernel\` and \`agentcell vm install-agent <agentcell-guest>\` (scripts/test.sh does both)"
   local work
   work=$(mktemp -d)
   bash "$REPO/charts/images/rootfs.sh" operator "$bins" "$work/operator"
