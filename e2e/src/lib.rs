@@ -159,7 +159,14 @@ impl Containerd {
         let mut c = Self {
             dir,
             sock,
-            namespace: if cri { "k8s.io".into() } else { "e2e".into() },
+            // Per instance and test process: the shim keys its state root and the containers'
+            // cgroups by namespace, so two suites running at once on one host (a developer's
+            // and CI's) must not share container names.
+            namespace: if cri {
+                "k8s.io".into()
+            } else {
+                format!("e2e-{tag}-{}", std::process::id())
+            },
             child: None,
             cri,
             env,
