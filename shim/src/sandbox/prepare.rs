@@ -44,6 +44,9 @@ pub struct Prepared {
     /// same symlink in its root instead of a second bind mount of the same tree, which costs
     /// a mount per entry at start and shows exactly the same objects.
     pub baseline_links: Vec<(PathBuf, PathBuf)>,
+    /// Resolver files bound read-only besides the baseline: (host file, sandbox path). The file
+    /// `/etc/resolv.conf` links to when the baseline does not show it (see `resolver`).
+    pub resolver_files: Vec<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,10 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
     let root = Root::of(view);
     if let Root::Host = root {
         out.baseline_links = baseline_links(&view.baseline);
+        out.resolver_files =
+            super::resolver::resolv_conf_target(Path::new("/etc/resolv.conf"), &view.baseline)
+                .into_iter()
+                .collect();
     }
 
     let mut resolved: Vec<Resolved> = Vec::new();
