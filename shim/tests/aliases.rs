@@ -115,3 +115,36 @@ fn a_denied_directory_beyond_the_scan_bound_is_refused_naming_the_bound() {
     );
     assert!(!r.stdout.contains("visible-ok"), "{}", r.stdout);
 }
+
+/// Not an escape, a start that failed: a denied path inside a denied directory needed a mount
+/// point inside that directory's read-only mask (125), and aliased grants double such masks.
+#[test]
+fn a_denied_path_inside_a_denied_directory_does_not_fail_the_run() {
+    require_root();
+    let f = Fixture::new("alias-nested");
+    f.write("a/dir/f", "NESTED_SECRET");
+    f.write("a/dir/pub/ok", "visible-ok");
+    f.write("a/dir/pub/no", "NESTED_SECRET_2");
+    std::os::unix::fs::symlink(f.path("a"), f.path("b")).unwrap();
+    let p = policy(
+        &f,
+        &[f.p("a"), f.p("b"), f.p("a/dir/pub")],
+        &[],
+        &[f.p("a/dir"), f.p("a/dir/f"), f.p("a/dir/pub/no")],
+    );
+    let r = sh(
+        &p,
+        &format!(
+            "cat {a}/dir/f {b}/dir/f {a}/dir/pub/no 2>/dev/null; cat {a}/dir/pub/ok; echo DONE",
+            a = f.p("a"),
+            b = f.p("b")
+        ),
+    );
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("visible-ok") && r.stdout.contains("DONE"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("NESTED_SECRET"), "{}", r.stdout);
+}

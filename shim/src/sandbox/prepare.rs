@@ -387,6 +387,24 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         .filter(|(_, r)| r.access != Access::Denied)
         .map(|(t, _)| t.clone())
         .collect();
+    // A denied path inside a directory masked whole needs no mask of its own: the outer mask
+    // hides it, and no mount point can be made inside that read-only tmpfs (the run failed).
+    // It keeps its mask when an allowed path lies between the two.
+    let masked_dirs: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|(_, r)| r.access == Access::Denied && r.is_dir)
+        .map(|(t, _)| t.clone())
+        .collect();
+    mounts.retain(|(t, r)| {
+        r.access != Access::Denied
+            || !masked_dirs.iter().any(|d| {
+                d != t
+                    && t.starts_with(d)
+                    && !allowed_targets
+                        .iter()
+                        .any(|a| a != d && a.starts_with(d) && t.starts_with(a))
+            })
+    });
     // Shallow to deep by the path the sandbox sees.
     mounts.sort_by_cached_key(|(target, _)| target.components().count());
     for (target, r) in mounts {
