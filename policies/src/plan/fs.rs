@@ -30,7 +30,11 @@ impl Access {
     }
 }
 
-/// The read-only host baseline of MXC's bubblewrap backend (bound when present).
+/// The read-only host baseline of MXC's bubblewrap backend (bound when present). MXC binds the
+/// resolver directories under `/run` whole; agentcell binds only the resolver files in them: a
+/// directory there can hold a UNIX socket (systemd-resolved's varlink and D-Bus endpoints), which
+/// would let a deny-all workload resolve names, and so send data, through the host. Sockets reach
+/// a view only through a policy path that grants them.
 pub const BASELINE: &[&str] = &[
     "/bin",
     "/sbin",
@@ -46,9 +50,11 @@ pub const BASELINE: &[&str] = &[
     "/usr/libexec",
     "/usr/share",
     "/etc",
-    "/run/systemd/resolve",
-    "/run/NetworkManager",
-    "/run/resolvconf",
+    "/run/systemd/resolve/stub-resolv.conf",
+    "/run/systemd/resolve/resolv.conf",
+    "/run/NetworkManager/resolv.conf",
+    "/run/NetworkManager/no-stub-resolv.conf",
+    "/run/resolvconf/resolv.conf",
     "/mnt/wsl/resolv.conf",
 ];
 
@@ -244,6 +250,28 @@ mod tests {
         assert_eq!(v.access_of("/a"), Some(Access::ReadOnly));
         assert_eq!(v.access_of("/b"), Some(Access::Denied));
         assert_eq!(v.entries.len(), 2);
+    }
+
+    #[test]
+    fn the_baseline_binds_resolver_files_not_their_directories() {
+        let v = view(&[], &[], &[]);
+        assert_eq!(
+            v.access_of("/run/systemd/resolve/stub-resolv.conf"),
+            Some(Access::ReadOnly)
+        );
+        for outside in [
+            "/run/systemd/resolve/io.systemd.Resolve",
+            "/run/NetworkManager/anything",
+            "/run/resolvconf/interface",
+            "/run/systemd/resolve",
+        ] {
+            assert_eq!(v.access_of(outside), None, "{outside}");
+        }
+        assert!(
+            BASELINE
+                .iter()
+                .all(|b| !b.starts_with("/run/") || b.ends_with(".conf"))
+        );
     }
 
     #[test]

@@ -1,8 +1,80 @@
-//! Bind-mount aliases of denied objects, found from `/proc/self/mountinfo` without walking trees:
-//! an object whose path inside its filesystem is F is visible at every mount point P whose root
-//! R (same device) contains F, at P + (F - R).
+//! Other names of denied objects. Bind-mount aliases are found from `/proc/self/mountinfo`
+//! without walking trees: an object whose path inside its filesystem is F is visible at every
+//! mount point P whose root R (same device) contains F, at P + (F - R). Names through the view's
+//! own grants come from their real paths: a grant named N whose real path is R shows the host
+//! path H (inside R) at N + (H - R), whatever symlinks led from N to R. Hard links of the files
+//! inside a denied directory are collected by a bounded walk of that directory.
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+
+/// How many entries the walk of one denied directory for hard-linked files may visit before the
+/// run is refused (a denied directory that large cannot be proven to have no other name in the
+/// view at a start-up cost worth paying; deny a narrower path, or the tree holding the links).
+pub const DENIED_DIR_SCAN_LIMIT: usize = 50_000;
+
+/// Every name the host path `host` has in the view through the allowed `grants` (sandbox name,
+/// real host path), each only where that grant is what one sees there (no deeper grant, by name,
+/// shows something else).
+pub fn names_in_view(host: &Path, grants: &[(PathBuf, PathBuf)]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for (name, real) in grants {
+        let Ok(rest) = host.strip_prefix(real) else {
+            continue;
+        };
+        let n = if rest.as_os_str().is_empty() {
+            name.clone()
+        } else {
+            name.join(rest)
+        };
+        let seen_through = grants
+            .iter()
+            .filter(|(g, _)| n.starts_with(g))
+            .max_by_key(|(g, _)| g.components().count())
+            .map(|(g, _)| g);
+        if seen_through == Some(name) && !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// (device, inode) of every regular file under the denied directory `dir` with more than one
+/// name, not following symlinks and leaving out `skip` (allowed paths below it, which are not
+/// denied). `Err(limit)` once more than `limit` entries were visited.
+pub fn linked_files_in(
+    dir: &Path,
+    skip: &HashSet<PathBuf>,
+    limit: usize,
+) -> Result<HashSet<(u64, u64)>, usize> {
+    let mut out = HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in rd.flatten() {
+            seen += 1;
+            if seen > limit {
+                return Err(limit);
+            }
+            let p = entry.path();
+            if skip.contains(&p) {
+                continue;
+            }
+            // `DirEntry::metadata` does not follow a symlink.
+            let Ok(md) = entry.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file() && md.nlink() > 1 {
+                out.insert((md.dev(), md.ino()));
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// One line of mountinfo: the device, the root of the mount inside its filesystem, where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +162,67 @@ pub fn aliases_of(mounts: &[MountEntry], real: &Path, dev: (u32, u32)) -> Vec<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_through_aliased_grants() {
+        let g = |n: &str, r: &str| (PathBuf::from(n), PathBuf::from(r));
+        // `b` is a symlink to `a`; `link/sub` has a symlinked ancestor; `a/own` shows another tree.
+        let grants = [
+            g("/x/a", "/x/a"),
+            g("/x/b", "/x/a"),
+            g("/x/link/sub", "/x/a/sub"),
+            g("/x/a/own", "/y"),
+        ];
+        let names = names_in_view(Path::new("/x/a/sub/secret"), &grants);
+        assert_eq!(
+            names,
+            [
+                PathBuf::from("/x/a/sub/secret"),
+                "/x/b/sub/secret".into(),
+                "/x/link/sub/secret".into()
+            ]
+        );
+        // Below a deeper grant, its own tree is what is seen, not the outer one.
+        assert_eq!(
+            names_in_view(Path::new("/x/a/own/k"), &grants),
+            [PathBuf::from("/x/b/own/k")]
+        );
+        assert_eq!(
+            names_in_view(Path::new("/y/k"), &grants),
+            [PathBuf::from("/x/a/own/k")]
+        );
+        assert_eq!(
+            names_in_view(Path::new("/z"), &grants),
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn linked_files_of_a_denied_directory_and_the_bound() {
+        let dir = std::env::temp_dir().join(format!("ac-linked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("denied/deep")).unwrap();
+        std::fs::create_dir_all(dir.join("denied/allowed")).unwrap();
+        std::fs::create_dir_all(dir.join("other")).unwrap();
+        std::fs::write(dir.join("denied/deep/token"), "t").unwrap();
+        std::fs::write(dir.join("denied/single"), "s").unwrap();
+        std::fs::write(dir.join("denied/allowed/pub"), "p").unwrap();
+        std::fs::hard_link(dir.join("denied/deep/token"), dir.join("other/copy")).unwrap();
+        std::fs::hard_link(dir.join("denied/allowed/pub"), dir.join("other/pub")).unwrap();
+        let id = |p: &str| {
+            let m = std::fs::metadata(dir.join(p)).unwrap();
+            (m.dev(), m.ino())
+        };
+        let skip = HashSet::from([dir.join("denied/allowed")]);
+        assert_eq!(
+            linked_files_in(&dir.join("denied"), &skip, 100),
+            Ok(HashSet::from([id("denied/deep/token")]))
+        );
+        // denied/{deep,single,allowed} and deep/token: four entries.
+        assert_eq!(linked_files_in(&dir.join("denied"), &skip, 3), Err(3));
+        assert!(linked_files_in(&dir.join("denied"), &skip, 4).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     const INFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

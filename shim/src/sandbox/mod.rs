@@ -8,5 +8,6 @@ pub mod init;
 pub mod landlock;
 pub mod memory;
 pub mod prepare;
+pub mod resolver;
 pub mod runner;
 pub mod spec;

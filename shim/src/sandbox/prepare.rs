@@ -44,6 +44,9 @@ pub struct Prepared {
     /// same symlink in its root instead of a second bind mount of the same tree, which costs
     /// a mount per entry at start and shows exactly the same objects.
     pub baseline_links: Vec<(PathBuf, PathBuf)>,
+    /// Resolver files bound read-only besides the baseline: (host file, sandbox path). The file
+    /// `/etc/resolv.conf` links to when the baseline does not show it (see `resolver`).
+    pub resolver_files: Vec<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,10 @@ pub enum PrepareError {
         tree: String,
         limit: usize,
     },
+    #[error(
+        "{path}: the denied directory has more than {limit} entries; agentcell walks a denied directory for files with another (hard-link) name in the view and refuses one this large: deny narrower paths"
+    )]
+    DeniedDirScanLimit { path: String, limit: usize },
 }
 
 /// How many inodes the hard-link scan may visit per allowed tree.
@@ -170,6 +177,10 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
     let root = Root::of(view);
     if let Root::Host = root {
         out.baseline_links = baseline_links(&view.baseline);
+        out.resolver_files =
+            super::resolver::resolv_conf_target(Path::new("/etc/resolv.conf"), &view.baseline)
+                .into_iter()
+                .collect();
     }
 
     let mut resolved: Vec<Resolved> = Vec::new();
@@ -240,20 +251,57 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         }
     }
 
-    // Hard links of denied files reachable under allowed trees are denied too.
-    let denied_files: HashSet<(u64, u64)> = resolved
+    // Hard links of denied files, and of the files inside denied directories, reachable under
+    // allowed trees are denied too.
+    let mut denied_files: HashSet<(u64, u64)> = resolved
         .iter()
         .filter(|r| r.access == Access::Denied && !r.is_dir)
         .filter(|r| std::fs::metadata(&r.real).is_ok_and(|m| m.nlink() > 1))
         .filter_map(|r| r.id)
         .collect();
+    let allowed_reals: HashSet<PathBuf> = resolved
+        .iter()
+        .filter(|r| r.access != Access::Denied)
+        .map(|r| r.real.clone())
+        .collect();
+    let denied_dirs: HashSet<PathBuf> = resolved
+        .iter()
+        .filter(|r| r.access == Access::Denied && r.is_dir && r.id.is_some())
+        .map(|r| r.real.clone())
+        .collect();
+    if !allowed_reals.is_empty() {
+        for d in &denied_dirs {
+            let limit = super::aliases::DENIED_DIR_SCAN_LIMIT;
+            denied_files.extend(
+                super::aliases::linked_files_in(d, &allowed_reals, limit).map_err(|limit| {
+                    PrepareError::DeniedDirScanLimit {
+                        path: d.display().to_string(),
+                        limit,
+                    }
+                })?,
+            );
+        }
+    }
+    // An allowed file that is one of those names is denied like the others.
+    for r in resolved.iter_mut() {
+        if r.access != Access::Denied
+            && !r.is_dir
+            && r.id.is_some_and(|i| denied_files.contains(&i))
+        {
+            out.reports.push(format!(
+                "{} is a hard link of a denied file; now denied",
+                r.name
+            ));
+            r.access = Access::Denied;
+        }
+    }
     let mut extra = Vec::new();
     if !denied_files.is_empty() {
         for r in resolved
             .iter()
             .filter(|r| r.access != Access::Denied && r.is_dir)
         {
-            scan_hard_links(&r.real, &denied_files, &mut extra).map_err(|limit| {
+            scan_hard_links(&r.real, &denied_files, &denied_dirs, &mut extra).map_err(|limit| {
                 PrepareError::ScanLimit {
                     path: r.name.clone(),
                     tree: r.real.display().to_string(),
@@ -263,7 +311,14 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         }
     }
 
-    // Bind-mount aliases of denied objects that lie in the view are denied too.
+    // Every other name a denied object has in the view is denied too: through a bind mount on
+    // the host, or through a grant whose real path holds it (a grant that is a symlink to
+    // another, or has a symlinked ancestor). Names are taken relative to the grants' real paths.
+    let grants: Vec<(PathBuf, PathBuf)> = resolved
+        .iter()
+        .filter(|r| r.access != Access::Denied)
+        .map(|r| (PathBuf::from(&r.name), r.real.clone()))
+        .collect();
     let mut bind_aliases: Vec<(PathBuf, bool)> = Vec::new();
     if has_denied {
         let mounts =
@@ -271,22 +326,19 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
                 path: "/proc/self/mountinfo".into(),
                 source,
             })?;
-        let allowed: Vec<PathBuf> = resolved
-            .iter()
-            .filter(|r| r.access != Access::Denied)
-            .map(|r| PathBuf::from(&r.name))
-            .collect();
         for r in resolved.iter().filter(|r| r.access == Access::Denied) {
-            let Ok(md) = std::fs::metadata(&r.real) else {
-                continue;
-            };
-            let dev = (libc::major(md.dev()), libc::minor(md.dev()));
-            for alias in super::aliases::aliases_of(&mounts, &r.real, dev) {
-                let Some(alias) = root.inside(&alias) else {
-                    continue;
-                };
-                if allowed.iter().any(|a| alias.starts_with(a)) {
-                    bind_aliases.push((alias, r.is_dir));
+            let mut hosts = vec![r.real.clone()];
+            if let Ok(md) = std::fs::metadata(&r.real) {
+                let dev = (libc::major(md.dev()), libc::minor(md.dev()));
+                hosts.extend(super::aliases::aliases_of(&mounts, &r.real, dev));
+            }
+            let own = root.inside(&r.real);
+            for h in &hosts {
+                for name in super::aliases::names_in_view(h, &grants) {
+                    if Some(&name) != own.as_ref() && !bind_aliases.iter().any(|(n, _)| *n == name)
+                    {
+                        bind_aliases.push((name, r.is_dir));
+                    }
                 }
             }
         }
@@ -309,11 +361,15 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         .collect();
     let hard_links = extra
         .into_iter()
-        .filter_map(|p| root.inside(&p))
+        .flat_map(|p| super::aliases::names_in_view(&p, &grants))
         .map(|p| (p, false, "a hard link of a denied file"));
-    let binds = bind_aliases
-        .into_iter()
-        .map(|(p, d)| (p, d, "a bind-mount alias of a denied object"));
+    let binds = bind_aliases.into_iter().map(|(p, d)| {
+        (
+            p,
+            d,
+            "another name (a bind mount or an aliased grant) of a denied object",
+        )
+    });
     for (p, is_dir, what) in hard_links.chain(binds) {
         out.reports
             .push(format!("{} is {what}; masked", p.display()));
@@ -331,6 +387,24 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         .filter(|(_, r)| r.access != Access::Denied)
         .map(|(t, _)| t.clone())
         .collect();
+    // A denied path inside a directory masked whole needs no mask of its own: the outer mask
+    // hides it, and no mount point can be made inside that read-only tmpfs (the run failed).
+    // It keeps its mask when an allowed path lies between the two.
+    let masked_dirs: Vec<PathBuf> = mounts
+        .iter()
+        .filter(|(_, r)| r.access == Access::Denied && r.is_dir)
+        .map(|(t, _)| t.clone())
+        .collect();
+    mounts.retain(|(t, r)| {
+        r.access != Access::Denied
+            || !masked_dirs.iter().any(|d| {
+                d != t
+                    && t.starts_with(d)
+                    && !allowed_targets
+                        .iter()
+                        .any(|a| a != d && a.starts_with(d) && t.starts_with(a))
+            })
+    });
     // Shallow to deep by the path the sandbox sees.
     mounts.sort_by_cached_key(|(target, _)| target.components().count());
     for (target, r) in mounts {
@@ -390,10 +464,12 @@ fn host_writable(view: &FsView, path: &str) -> bool {
         .is_some_and(|e| e.access == Access::ReadWrite)
 }
 
-/// Every path under `tree` whose inode is one of `targets` (does not follow symlinks).
+/// Every path under `tree` whose inode is one of `targets` (does not follow symlinks). Denied
+/// directories (`masked`) are not entered: they are masked whole, so no name inside them is seen.
 fn scan_hard_links(
     tree: &Path,
     targets: &HashSet<(u64, u64)>,
+    masked: &HashSet<PathBuf>,
     out: &mut Vec<PathBuf>,
 ) -> Result<(), usize> {
     let mut stack = vec![tree.to_path_buf()];
@@ -409,7 +485,10 @@ fn scan_hard_links(
             }
             let Ok(md) = entry.metadata() else { continue };
             if md.is_dir() {
-                stack.push(entry.path());
+                let p = entry.path();
+                if !masked.contains(&p) {
+                    stack.push(p);
+                }
             } else if md.is_file() && md.nlink() > 1 && targets.contains(&(md.dev(), md.ino())) {
                 out.push(entry.path());
             }

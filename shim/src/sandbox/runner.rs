@@ -614,6 +614,8 @@ pub fn oci_spec(
 
 pub fn landlock_rules(plan: &Plan, prepared: &prepare::Prepared) -> LandlockRules {
     let mut read: Vec<PathBuf> = plan.filesystem.baseline.iter().map(PathBuf::from).collect();
+    // A file, not its directory: Landlock then allows that file only.
+    read.extend(prepared.resolver_files.iter().map(|(_, t)| t.clone()));
     if let agentcell_policy::plan::RootSource::Rootfs { .. } = plan.filesystem.root {
         read.push("/".into());
     }

@@ -70,9 +70,16 @@ pub fn build_json(input: &SpecInput) -> Value {
                 .any(|(l, _)| l == Path::new(b));
             // Bound when present, like bubblewrap's --ro-bind-try; a symlink to another baseline
             // entry is a symlink in the root instead (the runner makes it; see `ROOT_SYMLINKS`).
-            if !linked && Path::new(b).exists() {
+            if !linked && super::resolver::bindable(Path::new(b)) {
                 mounts.push(bind(b, b, true));
             }
+        }
+        for (source, target) in &input.prepared.resolver_files {
+            mounts.push(bind(
+                &source.to_string_lossy(),
+                &target.to_string_lossy(),
+                true,
+            ));
         }
     }
     mounts.push(

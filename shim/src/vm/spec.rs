@@ -134,27 +134,30 @@ pub fn build(input: &SpecInput) -> Result<GuestPlan, SpecError> {
     let mut binds: Vec<(PathBuf, &'static str)> = Vec::new();
     let root = match &plan.filesystem.root {
         RootSource::HostBaseline => {
-            for b in &plan.filesystem.baseline {
-                let p = Path::new(b);
-                // Bound when present, like bubblewrap's --ro-bind-try.
-                let Ok(md) = std::fs::metadata(p) else {
-                    continue;
-                };
+            // Bound when present, like bubblewrap's --ro-bind-try (and never a socket: see
+            // `resolver`), then the file a symlinked /etc/resolv.conf names.
+            let baseline = plan
+                .filesystem
+                .baseline
+                .iter()
+                .map(|b| (PathBuf::from(b), PathBuf::from(b)))
+                .filter(|(b, _)| crate::sandbox::resolver::bindable(b));
+            for (source, p) in baseline.chain(input.prepared.resolver_files.iter().cloned()) {
                 view.push(ViewOp::Bind {
-                    source: p.to_path_buf(),
-                    target: PathBuf::from(RO_TAG).join(rel(p)),
+                    dir: source.is_dir(),
+                    source,
+                    target: PathBuf::from(RO_TAG).join(rel(&p)),
                     readonly: true,
-                    dir: md.is_dir(),
                 });
-                binds.push((p.to_path_buf(), RO_TAG));
                 mounts.push(Mount {
-                    target: b.clone(),
+                    target: p.display().to_string(),
                     source: MountSource::Share {
                         tag: RO_TAG.into(),
-                        subpath: rel(p).to_string_lossy().into_owned(),
+                        subpath: rel(&p).to_string_lossy().into_owned(),
                     },
                     readonly: true,
                 });
+                binds.push((p, RO_TAG));
             }
             GuestRoot::Tmpfs
         }
