@@ -8,5 +8,6 @@ pub mod init;
 pub mod landlock;
 pub mod memory;
 pub mod prepare;
+pub mod resolve;
 pub mod runner;
 pub mod spec;
