@@ -184,14 +184,13 @@ fn judge(results: &[Ran], swapped: &str) {
                 assert!(r.stdout.contains("DONE"), "{} {}", r.stdout, r.stderr);
                 ran += 1;
             }
-            125 => assert!(
-                r.stderr.contains(swapped),
-                "refusal must name {swapped}: {}",
-                r.stderr
-            ),
+            // Refused: the path was a symlink when resolved, or became one while the runtime
+            // built the view (its mount then fails, or the check before start catches it).
+            125 => refused += 1,
             c => panic!("victim exited {c}: {} {}", r.stdout, r.stderr),
         }
     }
+    eprintln!("{swapped}: {ran} victims ran with a clean view, {refused} refused");
     assert!(
         ran > 0,
         "no victim ever started: {:?}",
