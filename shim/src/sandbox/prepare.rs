@@ -465,6 +465,18 @@ fn resolve_host(
                 let real = a.real.join(&rel);
                 match resolve::open_beneath(fd.as_fd(), &rel) {
                     Ok(h) => Ok((h, real, Some(j))),
+                    Err(err)
+                        if err.raw_os_error() == Some(libc::ELOOP)
+                            && e.access != Access::Denied
+                            && !in_writable_tree(view, &e.path) =>
+                    {
+                        // Below read-only grants only: the host's own symlink (nothing the
+                        // policy lets write there could have made it), followed as before.
+                        resolve::open_host(Path::new(&e.path)).and_then(|h| {
+                            let real = h.path()?;
+                            Ok((h, real, None))
+                        })
+                    }
                     Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
                         if e.access != Access::Denied {
                             return Err(resolve::ResolveError::Symlink {
@@ -644,6 +656,16 @@ fn baseline_links(baseline: &[String]) -> Vec<(PathBuf, PathBuf)> {
         .collect()
 }
 
+/// Whether any policy entry above `path` grants read-write (so a workload may have made what is
+/// found below it).
+fn in_writable_tree(view: &FsView, path: &str) -> bool {
+    view.entries.iter().any(|e| {
+        e.access == Access::ReadWrite
+            && e.path != path
+            && agentcell_policy::plan::fs::is_within(path, &e.path)
+    })
+}
+
 /// Whether the deepest policy entry above `path` grants read-write on a host directory.
 fn host_writable(view: &FsView, path: &str) -> bool {
     view.entries
@@ -684,6 +706,88 @@ fn scan_hard_links(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(entries: &[(&Path, Access)]) -> FsView {
+        FsView {
+            root: RootSource::HostBaseline,
+            baseline: vec![],
+            tmp_size: "1m".into(),
+            denied_dir_tmpfs_size: "16k".into(),
+            entries: entries
+                .iter()
+                .map(|(p, a)| agentcell_policy::plan::fs::FsEntry {
+                    path: p.display().to_string(),
+                    access: *a,
+                    origins: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    /// Below a read-write grant: a symlink at an allowed path is refused, never followed; the
+    /// ancestors of a deeper path become pins; a missing read-only path is created and bound
+    /// read-only. Below a read-only grant only, the host's own symlink is followed.
+    #[test]
+    fn paths_below_a_writable_grant_are_opened_without_symlinks_and_pinned() {
+        let dir = std::env::temp_dir().join(format!("ac-prep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("ws/tools/bin")).unwrap();
+        std::fs::create_dir_all(dir.join("ro/real")).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
+        std::os::unix::fs::symlink("/", dir.join("ws/.git")).unwrap();
+        std::os::unix::fs::symlink("real", dir.join("ro/link")).unwrap();
+        let ws = dir.join("ws");
+        let err = prepare(&view(&[
+            (&ws, Access::ReadWrite),
+            (&ws.join(".git"), Access::ReadOnly),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Resolve(resolve::ResolveError::Symlink { path }) if path.ends_with("ws/.git")),
+            "{err}"
+        );
+        std::fs::remove_file(dir.join("ws/.git")).unwrap();
+        let p = prepare(&view(&[
+            (&ws, Access::ReadWrite),
+            (&ws.join(".git"), Access::ReadOnly),
+            (&ws.join("tools/bin"), Access::ReadOnly),
+            (&dir.join("ro"), Access::ReadOnly),
+            (&dir.join("ro/link"), Access::ReadOnly),
+        ]))
+        .unwrap();
+        assert!(dir.join("ws/.git").is_dir(), "held: created empty");
+        assert!(p.mounts.contains(&Mount::Pin {
+            source: ws.join("tools"),
+            target: ws.join("tools"),
+        }));
+        let pin = p
+            .mounts
+            .iter()
+            .position(|m| matches!(m, Mount::Pin { .. }))
+            .unwrap();
+        let bin = p
+            .mounts
+            .iter()
+            .position(
+                |m| matches!(m, Mount::Bind { target, .. } if *target == ws.join("tools/bin")),
+            )
+            .unwrap();
+        assert!(pin < bin, "the pin comes before the deeper mount");
+        assert!(p.mounts.contains(&Mount::Bind {
+            source: dir.join("ro/real"),
+            target: dir.join("ro/link"),
+            readonly: true,
+        }));
+        for t in [
+            ws.join(".git"),
+            ws.join("tools"),
+            ws.join("tools/bin"),
+            ws.clone(),
+        ] {
+            assert!(p.sources.contains_key(&t), "{} has a handle", t.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// `/bin -> usr/bin` becomes a link of the view; a link to something outside the baseline, a
     /// dangling one and a real directory do not.
