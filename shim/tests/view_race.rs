@@ -400,3 +400,21 @@ fn a_missing_read_only_path_cannot_be_planted_and_a_planted_symlink_is_not_follo
     assert_eq!(r4.code, 0, "{}", r4.stderr);
     assert!(!r4.stdout.contains("LEAK"), "{}", r4.stdout);
 }
+
+/// Below read-only grants only (nothing this policy lets write there), a nested path through
+/// the host's own symlink is still followed, as before, and the view check accepts it.
+#[test]
+fn a_host_symlink_below_a_read_only_grant_is_still_followed() {
+    require_root();
+    let f = Fixture::new("ro-link");
+    f.write("ro/real/data", "REAL_DATA");
+    std::os::unix::fs::symlink("real", f.path("ro/link")).unwrap();
+    let p = write_policy(
+        &f,
+        "p",
+        json!({"readonlyPaths": [f.p("ro"), f.p("ro/link")]}),
+    );
+    let r = sh(&p, &format!("cat {}/data; echo DONE", f.p("ro/link")));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("REAL_DATA"), "{} {}", r.stdout, r.stderr);
+}

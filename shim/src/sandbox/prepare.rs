@@ -58,6 +58,9 @@ pub struct Prepared {
     /// runner mounts these descriptors, never the source strings, and checks the built view
     /// against their identities.
     pub sources: BTreeMap<PathBuf, Handle>,
+    /// Targets named through a host symlink below a read-only grant (followed, as the host's
+    /// own): inside the view the name leads to the mount through the same symlink.
+    pub followed: std::collections::BTreeSet<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -472,6 +475,7 @@ fn resolve_host(
                     {
                         // Below read-only grants only: the host's own symlink (nothing the
                         // policy lets write there could have made it), followed as before.
+                        out.followed.insert(PathBuf::from(&e.path));
                         resolve::open_host(Path::new(&e.path)).and_then(|h| {
                             let real = h.path()?;
                             Ok((h, real, None))

@@ -384,14 +384,14 @@ pub enum Expect<'a> {
     Null,
 }
 
-/// Checks each (target, expectation) inside the view rooted at `root` (`/proc/<pid>/root` of
+/// Checks each (target, expectation, follow symlinks in the view?) inside the view rooted at `root` (`/proc/<pid>/root` of
 /// the container's init, which has pivoted into it): the target is reached without a symlink
 /// and is a mount root holding what was resolved.
-pub fn verify(root: &Path, targets: &[(PathBuf, Expect)]) -> Result<(), ResolveError> {
+pub fn verify(root: &Path, targets: &[(PathBuf, Expect, bool)]) -> Result<(), ResolveError> {
     let rootfd = openat2(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(ResolveError::io(root))?;
     let null = std::fs::metadata("/dev/null").map_err(ResolveError::io(Path::new("/dev/null")))?;
-    for (target, expect) in targets {
+    for (target, expect, follow) in targets {
         let name = target.display().to_string();
         let mismatch = |what: String| ResolveError::Mismatch {
             path: name.clone(),
@@ -402,7 +402,12 @@ pub fn verify(root: &Path, targets: &[(PathBuf, Expect)]) -> Result<(), ResolveE
             rootfd.as_raw_fd(),
             rel,
             libc::O_PATH,
-            RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+            // A name through a followed host symlink resolves inside the view, never out of it.
+            if *follow {
+                RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS
+            } else {
+                RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+            },
         ) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {

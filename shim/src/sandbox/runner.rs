@@ -853,7 +853,7 @@ fn verify_view(pid: i32, skeleton: &Path, prepared: &Prepared) -> Result<(), Res
                 },
             ),
         };
-        targets.push((target.clone(), expect));
+        targets.push((target.clone(), expect, prepared.followed.contains(target)));
     }
     resolve::verify(&root, &targets)
 }
