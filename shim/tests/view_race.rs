@@ -172,6 +172,7 @@ fn victims(n: usize, policy: &Path, script: &str) -> Vec<Ran> {
 /// the host. At least one ran, so the check inside is exercised.
 fn judge(results: &[Ran], swapped: &str) {
     let (mut ran, mut refused) = (0, 0);
+    let mut reasons = std::collections::BTreeMap::<String, usize>::new();
     for r in results {
         assert!(
             !r.stdout.contains("LEAK"),
@@ -186,11 +187,17 @@ fn judge(results: &[Ran], swapped: &str) {
             }
             // Refused: the path was a symlink when resolved, or became one while the runtime
             // built the view (its mount then fails, or the check before start catches it).
-            125 => refused += 1,
+            125 => {
+                refused += 1;
+                let last = r.stderr.lines().last().unwrap_or_default();
+                // Group by the message's shape (the path and the step, not the details).
+                let key: String = last.split(':').take(3).collect::<Vec<_>>().join(":");
+                *reasons.entry(key).or_insert(0) += 1;
+            }
             c => panic!("victim exited {c}: {} {}", r.stdout, r.stderr),
         }
     }
-    eprintln!("{swapped}: {ran} victims ran with a clean view, {refused} refused");
+    eprintln!("{swapped}: {ran} victims ran with a clean view, {refused} refused: {reasons:#?}");
     assert!(
         ran > 0,
         "no victim ever started: {:?}",
