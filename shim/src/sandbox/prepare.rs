@@ -188,6 +188,12 @@ struct Resolved {
 
 /// Resolves `view` on this host (paths are host paths: the view starts from the host baseline).
 pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
+    prepare_with(view, true)
+}
+
+/// `prepare`; with `hold` false, a missing read-only or denied path inside a read-write grant
+/// is not created (for a spec that is only printed: nothing changes on the host).
+pub fn prepare_with(view: &FsView, hold: bool) -> Result<Prepared, PrepareError> {
     let mut out = Prepared::default();
     let has_denied = view.entries.iter().any(|e| e.access == Access::Denied);
     let root = Root::of(view);
@@ -201,7 +207,7 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
         Root::Image(_) => &view.entries[..],
     };
     if let Root::Host = root {
-        resolved = resolve_host(view, has_denied, &mut out)?;
+        resolved = resolve_host(view, has_denied, hold, &mut out)?;
     }
     for e in image_entries {
         match root.resolve(&e.path) {
@@ -440,6 +446,7 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
 fn resolve_host(
     view: &FsView,
     has_denied: bool,
+    hold: bool,
     out: &mut Prepared,
 ) -> Result<Vec<Resolved>, PrepareError> {
     use agentcell_policy::plan::fs::{depth, is_within};
@@ -514,6 +521,7 @@ fn resolve_host(
                     Err(err)
                         if err.kind() == std::io::ErrorKind::NotFound
                             && e.access != Access::ReadWrite
+                            && hold
                             && host_writable(view, &e.path) =>
                     {
                         // A read-only or denied path missing inside a read-write grant: made

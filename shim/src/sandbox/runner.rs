@@ -567,7 +567,7 @@ pub fn spec_only(
     req: &RunRequest,
     rootfs: &Path,
 ) -> Result<libcontainer::oci_spec::runtime::Spec, RunError> {
-    let mut prepared = prepare::prepare(&req.plan.filesystem)?;
+    let mut prepared = prepare::prepare_with(&req.plan.filesystem, false)?;
     let mut plan = req.plan.clone();
     plan.process.cwd = working_directory(req.plan, &mut prepared)?;
     let req = req.with_plan(&plan);
