@@ -425,3 +425,65 @@ fn a_host_symlink_below_a_read_only_grant_is_still_followed() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stdout.contains("REAL_DATA"), "{} {}", r.stdout, r.stderr);
 }
+
+/// A runner killed while its sources were staged leaves `<state>/<id>/src` mounted, with grants
+/// (host trees) below it: the next run's sweep detaches them before removing the directory,
+/// and never deletes what is inside a grant.
+#[test]
+fn the_sweep_detaches_a_dead_runners_staged_sources_and_never_deletes_a_grant() {
+    require_root();
+    let f = Fixture::new("sweep-staged");
+    let grant = f.write("grant/keep.txt", "KEEP");
+    let dead = {
+        let mut c = Command::new("/bin/true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    let state = f.mkdir("state");
+    let src = f.mkdir(&format!("state/ac-{dead}-deadbeef/src"));
+    let staged = f.mkdir(&format!("state/ac-{dead}-deadbeef/src/0"));
+    let mount =
+        |args: &[&str]| assert!(Command::new("mount").args(args).status().unwrap().success());
+    mount(&[
+        "-t",
+        "tmpfs",
+        "-o",
+        "mode=0700",
+        "agentcell-src",
+        &src.display().to_string(),
+    ]);
+    std::fs::create_dir(&staged).unwrap();
+    mount(&["--bind", &f.p("grant"), &staged.display().to_string()]);
+    let p = write_policy(&f, "p", json!({}));
+    let out = Command::new(bin())
+        .arg("run")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--policy")
+        .arg(&p)
+        .args(["--", "/bin/true"])
+        .output()
+        .unwrap();
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&src.display().to_string());
+    if mounted {
+        let _ = Command::new("umount").args(["-R", "-l"]).arg(&src).status();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&grant).ok().as_deref(),
+        Some("KEEP"),
+        "the sweep deleted a file inside a staged grant"
+    );
+    assert!(!mounted, "the dead runner's staging is still mounted");
+    assert!(
+        !src.exists(),
+        "the dead runner's state directory is still there"
+    );
+}
