@@ -100,6 +100,9 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
         let _ = writeln!(o, "  {:22} {how}   [{}]", e.path, e.origins.join(", "));
     }
     let _ = writeln!(o, "  everything else        absent");
+    if let Some(note) = nested_note(plan) {
+        let _ = writeln!(o, "{note}");
+    }
 
     let n = &plan.network;
     let _ = writeln!(
@@ -222,6 +225,26 @@ pub fn render(file: &str, doc: &Document, plan: &Plan) -> String {
     }
     let _ = doc;
     o
+}
+
+/// What the view does about paths inside a read-write grant, and what it cannot cover.
+fn nested_note(plan: &Plan) -> Option<&'static str> {
+    use agentcell_policy::plan::fs::is_within;
+    let entries = &plan.filesystem.entries;
+    let nested = entries.iter().any(|e| {
+        e.access != Access::ReadWrite
+            && entries.iter().any(|g| {
+                g.access == Access::ReadWrite && g.path != e.path && is_within(&e.path, &g.path)
+            })
+    });
+    nested.then_some(
+        "  inside read-write trees: each path is resolved once, below its grant, following no\n\
+     \x20 symlink (a symlink there is refused, naming it); during a run its ancestors are mount\n\
+     \x20 points (cannot be renamed or removed) and a missing read-only or denied path is created\n\
+     \x20 empty and held. Not covered: what a host process (or an earlier tool, or a sandbox of\n\
+     \x20 another policy) already moved or copied elsewhere; a denied object is masked only where\n\
+     \x20 it is when the run starts.",
+    )
 }
 
 fn yes(b: bool) -> &'static str {

@@ -329,7 +329,7 @@ fn microvm(req: &RunRequest, common: &CommonArgs) -> i32 {
 fn step_field(e: &runner::RunError) -> String {
     match e {
         runner::RunError::Network(_) => "network".into(),
-        runner::RunError::Prepare(_) => "filesystem".into(),
+        runner::RunError::Prepare(_) | runner::RunError::View(_) => "filesystem".into(),
         runner::RunError::Cwd(_) => "process.cwd".into(),
         _ => "sandbox".into(),
     }

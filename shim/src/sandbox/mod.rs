@@ -8,6 +8,7 @@ pub mod init;
 pub mod landlock;
 pub mod memory;
 pub mod prepare;
+pub mod resolve;
 pub mod resolver;
 pub mod runner;
 pub mod spec;

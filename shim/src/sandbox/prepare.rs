@@ -8,7 +8,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsFd;
+
 use agentcell_policy::plan::{Access, FsView, RootSource};
+
+use super::resolve::{self, Handle};
 
 /// A mount in the order it is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,12 @@ pub enum Mount {
         size: String,
         has_children: bool,
     },
+    /// A directory inside a read-write grant bound onto itself (read-write, like the grant):
+    /// an ancestor of a deeper policy path, made a mount point for the run so that it cannot be
+    /// renamed or removed from inside (`mv tools tools_old` would otherwise carry a read-only
+    /// `tools/bin` out from under its mount, or a denied `.cache/hf` out from under its mask,
+    /// for the next run).
+    Pin { source: PathBuf, target: PathBuf },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -47,6 +57,13 @@ pub struct Prepared {
     /// Resolver files bound read-only besides the baseline: (host file, sandbox path). The file
     /// `/etc/resolv.conf` links to when the baseline does not show it (see `resolver`).
     pub resolver_files: Vec<(PathBuf, PathBuf)>,
+    /// The object each `Bind`/`Pin` target was resolved to, opened once (host views): the
+    /// runner mounts these descriptors, never the source strings, and checks the built view
+    /// against their identities.
+    pub sources: BTreeMap<PathBuf, Handle>,
+    /// Targets named through a host symlink below a read-only grant (followed, as the host's
+    /// own): inside the view the name leads to the mount through the same symlink.
+    pub followed: std::collections::BTreeSet<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +75,8 @@ pub enum PrepareError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Resolve(#[from] resolve::ResolveError),
     #[error(
         "{path}: the hard-link scan under {tree} stopped after {limit} entries; cannot prove no hard link of a denied file is reachable"
     )]
@@ -168,10 +187,20 @@ struct Resolved {
     /// (device, inode) when it exists.
     id: Option<(u64, u64)>,
     is_dir: bool,
+    /// The object, opened once (host views).
+    handle: Option<Handle>,
+    /// The nearest policy entry above, when this one was opened below it by name (no symlink).
+    below: Option<usize>,
 }
 
 /// Resolves `view` on this host (paths are host paths: the view starts from the host baseline).
 pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
+    prepare_with(view, true)
+}
+
+/// `prepare`; with `hold` false, a missing read-only or denied path inside a read-write grant
+/// is not created (for a spec that is only printed: nothing changes on the host).
+pub fn prepare_with(view: &FsView, hold: bool) -> Result<Prepared, PrepareError> {
     let mut out = Prepared::default();
     let has_denied = view.entries.iter().any(|e| e.access == Access::Denied);
     let root = Root::of(view);
@@ -184,7 +213,14 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
     }
 
     let mut resolved: Vec<Resolved> = Vec::new();
-    for e in &view.entries {
+    let image_entries = match root {
+        Root::Host => &[][..],
+        Root::Image(_) => &view.entries[..],
+    };
+    if let Root::Host = root {
+        resolved = resolve_host(view, has_denied, hold, &mut out)?;
+    }
+    for e in image_entries {
         match root.resolve(&e.path) {
             Ok(real) => {
                 let md = std::fs::metadata(&real).ok();
@@ -198,6 +234,8 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
                     is_dir: md.as_ref().is_some_and(|m| m.is_dir()),
                     real,
                     access: e.access,
+                    handle: None,
+                    below: None,
                 });
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -216,6 +254,8 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
                     access: e.access,
                     id: None,
                     is_dir: true,
+                    handle: None,
+                    below: None,
                 });
             }
             Err(err) if has_denied => {
@@ -379,6 +419,8 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
             access: Access::Denied,
             id: None,
             is_dir,
+            handle: None,
+            below: None,
         };
         mounts.push((p, r));
     }
@@ -405,9 +447,25 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
                         .any(|a| a != d && a.starts_with(d) && t.starts_with(a))
             })
     });
+    let pins = match root {
+        Root::Host => pins(&mounts)?,
+        Root::Image(_) => Vec::new(),
+    };
     // Shallow to deep by the path the sandbox sees.
     mounts.sort_by_cached_key(|(target, _)| target.components().count());
+    let mut pins = pins.into_iter().peekable();
     for (target, r) in mounts {
+        // A pin goes after every mount shallower than it and before the deeper ones.
+        while let Some((p, _)) = pins.peek()
+            && p.components().count() <= target.components().count()
+        {
+            let (p, h) = pins.next().expect("peeked");
+            out.mounts.push(Mount::Pin {
+                source: h.path().unwrap_or_else(|_| p.clone()),
+                target: p.clone(),
+            });
+            out.sources.insert(p, h);
+        }
         match r.access {
             Access::Denied if r.is_dir => {
                 let has_children = allowed_targets
@@ -421,13 +479,20 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
             }
             Access::Denied => out.mounts.push(Mount::MaskFile { target }),
             a => {
-                if !r.real.exists() {
+                let exists = match (&root, &r.handle) {
+                    (Root::Host, h) => h.is_some(),
+                    (Root::Image(_), _) => r.real.exists(),
+                };
+                if !exists {
                     out.reports
                         .push(format!("{}: does not exist; left out of the view", r.name));
                     continue;
                 }
                 out.landlock_paths
                     .push((target.clone(), a == Access::ReadWrite));
+                if let Some(h) = r.handle {
+                    out.sources.insert(target.clone(), h);
+                }
                 out.mounts.push(Mount::Bind {
                     source: r.real,
                     target,
@@ -436,7 +501,229 @@ pub fn prepare(view: &FsView) -> Result<Prepared, PrepareError> {
             }
         }
     }
+    for (p, h) in pins {
+        out.mounts.push(Mount::Pin {
+            source: h.path().unwrap_or_else(|_| p.clone()),
+            target: p.clone(),
+        });
+        out.sources.insert(p, h);
+    }
     Ok(out)
+}
+
+/// Opens every policy path of a host view once, shallow to deep. A path below another entry is
+/// opened below that entry's descriptor by name, following no symlink: something with write
+/// access to a granted tree could otherwise swap a component between a directory and a symlink
+/// (to `/`, say) while the view is built. Such a symlink at an allowed path is refused, never
+/// followed; at a denied path, the object it leads to is what gets masked (an alias tightened).
+/// The outermost entries follow the host's own symlinks (`/home -> /data/home`).
+fn resolve_host(
+    view: &FsView,
+    has_denied: bool,
+    hold: bool,
+    out: &mut Prepared,
+) -> Result<Vec<Resolved>, PrepareError> {
+    use agentcell_policy::plan::fs::{depth, is_within};
+    let mut order: Vec<&agentcell_policy::plan::fs::FsEntry> = view.entries.iter().collect();
+    order.sort_by_key(|e| depth(&e.path));
+    let mut resolved: Vec<Resolved> = Vec::new();
+    for e in order {
+        let above = resolved
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| {
+                r.handle.as_ref().is_some_and(|h| h.is_dir)
+                    && r.name != e.path
+                    && is_within(&e.path, &r.name)
+            })
+            .max_by_key(|(_, r)| depth(&r.name))
+            .map(|(j, _)| j);
+        let opened = match above {
+            Some(j) => {
+                let a = &resolved[j];
+                let rel = Path::new(&e.path)
+                    .strip_prefix(&a.name)
+                    .expect("within")
+                    .to_path_buf();
+                let fd = a.handle.as_ref().expect("opened").fd.clone();
+                let real = a.real.join(&rel);
+                match resolve::open_beneath(fd.as_fd(), &rel) {
+                    Ok(h) => Ok((h, real, Some(j))),
+                    Err(err)
+                        if err.raw_os_error() == Some(libc::ELOOP)
+                            && e.access != Access::Denied
+                            && !in_writable_tree(view, &e.path) =>
+                    {
+                        // Below read-only grants only: the host's own symlink (nothing the
+                        // policy lets write there could have made it), followed as before.
+                        out.followed.insert(PathBuf::from(&e.path));
+                        resolve::open_host(Path::new(&e.path)).and_then(|h| {
+                            let real = h.path()?;
+                            Ok((h, real, None))
+                        })
+                    }
+                    Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+                        if e.access != Access::Denied {
+                            return Err(resolve::ResolveError::Symlink {
+                                path: e.path.clone(),
+                            }
+                            .into());
+                        }
+                        // A denied name that leads elsewhere: mask what it leads to.
+                        match std::fs::canonicalize(&e.path) {
+                            Ok(real) => {
+                                let md = std::fs::metadata(&real).ok();
+                                out.reports.push(format!(
+                                    "{} resolves to {}",
+                                    e.path,
+                                    real.display()
+                                ));
+                                resolved.push(Resolved {
+                                    name: e.path.clone(),
+                                    id: md.as_ref().map(|m| (m.dev(), m.ino())),
+                                    is_dir: md.as_ref().is_some_and(|m| m.is_dir()),
+                                    real,
+                                    access: e.access,
+                                    handle: None,
+                                    below: None,
+                                });
+                                continue;
+                            }
+                            Err(err) => Err(err),
+                        }
+                    }
+                    Err(err)
+                        if err.kind() == std::io::ErrorKind::NotFound
+                            && e.access != Access::ReadWrite
+                            && hold
+                            && host_writable(view, &e.path) =>
+                    {
+                        // A read-only or denied path missing inside a read-write grant: made
+                        // here (an empty directory) and held for the run, by a read-only bind
+                        // or a mask, so that nothing can be planted there while it runs.
+                        match resolve::create_beneath(fd.as_fd(), &rel) {
+                            Ok(h) => {
+                                out.reports.push(format!(
+                                    "{}: did not exist; created empty and held {} for the run",
+                                    e.path,
+                                    if e.access == Access::Denied {
+                                        "masked"
+                                    } else {
+                                        "read-only"
+                                    }
+                                ));
+                                Ok((h, real, Some(j)))
+                            }
+                            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+                                return Err(resolve::ResolveError::Symlink {
+                                    path: e.path.clone(),
+                                }
+                                .into());
+                            }
+                            Err(err) => Err(err),
+                        }
+                    }
+                    Err(err) => Err(err),
+                }
+            }
+            None => resolve::open_host(Path::new(&e.path)).and_then(|h| {
+                let real = h.path()?;
+                Ok((h, real, None))
+            }),
+        };
+        match opened {
+            Ok((h, real, below)) => {
+                if real != Path::new(&e.path) {
+                    out.reports
+                        .push(format!("{} resolves to {}", e.path, real.display()));
+                }
+                resolved.push(Resolved {
+                    name: e.path.clone(),
+                    id: Some((h.dev, h.ino)),
+                    is_dir: h.is_dir,
+                    real,
+                    access: e.access,
+                    handle: Some(h),
+                    below,
+                });
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // A missing denied path needs a mask only where the workload could create it: in
+                // a host directory the view grants read-write. Elsewhere nothing can appear.
+                if e.access == Access::Denied && !host_writable(view, &e.path) {
+                    out.reports.push(format!(
+                        "{}: denied path does not exist and cannot be created in the view; nothing to mask",
+                        e.path
+                    ));
+                    continue;
+                }
+                resolved.push(Resolved {
+                    name: e.path.clone(),
+                    real: PathBuf::from(&e.path),
+                    access: e.access,
+                    id: None,
+                    is_dir: true,
+                    handle: None,
+                    below: None,
+                });
+            }
+            Err(err) if has_denied => {
+                return Err(PrepareError::Unresolvable {
+                    path: e.path.clone(),
+                    source: err,
+                });
+            }
+            Err(err) => out
+                .reports
+                .push(format!("{}: left out of the view ({err})", e.path)),
+        }
+    }
+    Ok(resolved)
+}
+
+/// The directories strictly between a policy path and the read-write entry it was opened
+/// below, each opened below that entry (no symlink), shallow to deep: they become mount points
+/// of the view for the run (`Mount::Pin`), so that a workload cannot rename or remove them.
+fn pins(mounts: &[(PathBuf, Resolved)]) -> Result<Vec<(PathBuf, Handle)>, PrepareError> {
+    let mut out: BTreeMap<PathBuf, Handle> = BTreeMap::new();
+    for (_, r) in mounts {
+        let Some(j) = r.below else { continue };
+        let a = &mounts[j].1;
+        let Some(ah) = a.handle.as_ref().filter(|_| a.access == Access::ReadWrite) else {
+            continue;
+        };
+        let rel = Path::new(&r.name).strip_prefix(&a.name).expect("below");
+        let comps: Vec<_> = rel.components().collect();
+        let mut acc = PathBuf::new();
+        for c in &comps[..comps.len().saturating_sub(1)] {
+            acc.push(c);
+            let target = Path::new(&a.name).join(&acc);
+            if out.contains_key(&target) || mounts.iter().any(|(t, _)| *t == target) {
+                continue;
+            }
+            match resolve::open_beneath(ah.fd.as_fd(), &acc) {
+                Ok(h) if h.is_dir => {
+                    out.insert(target, h);
+                }
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    return Err(resolve::ResolveError::Symlink {
+                        path: target.display().to_string(),
+                    }
+                    .into());
+                }
+                Err(source) => {
+                    return Err(PrepareError::Unresolvable {
+                        path: target.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    let mut v: Vec<(PathBuf, Handle)> = out.into_iter().collect();
+    v.sort_by_key(|(p, _)| p.components().count());
+    Ok(v)
 }
 
 /// Baseline entries that are symlinks whose target, fully resolved, is itself a baseline entry
@@ -453,6 +740,16 @@ fn baseline_links(baseline: &[String]) -> Vec<(PathBuf, PathBuf)> {
                 .then(|| (b.to_path_buf(), target))
         })
         .collect()
+}
+
+/// Whether any policy entry above `path` grants read-write (so a workload may have made what is
+/// found below it).
+fn in_writable_tree(view: &FsView, path: &str) -> bool {
+    view.entries.iter().any(|e| {
+        e.access == Access::ReadWrite
+            && e.path != path
+            && agentcell_policy::plan::fs::is_within(path, &e.path)
+    })
 }
 
 /// Whether the deepest policy entry above `path` grants read-write on a host directory.
@@ -500,6 +797,88 @@ fn scan_hard_links(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(entries: &[(&Path, Access)]) -> FsView {
+        FsView {
+            root: RootSource::HostBaseline,
+            baseline: vec![],
+            tmp_size: "1m".into(),
+            denied_dir_tmpfs_size: "16k".into(),
+            entries: entries
+                .iter()
+                .map(|(p, a)| agentcell_policy::plan::fs::FsEntry {
+                    path: p.display().to_string(),
+                    access: *a,
+                    origins: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    /// Below a read-write grant: a symlink at an allowed path is refused, never followed; the
+    /// ancestors of a deeper path become pins; a missing read-only path is created and bound
+    /// read-only. Below a read-only grant only, the host's own symlink is followed.
+    #[test]
+    fn paths_below_a_writable_grant_are_opened_without_symlinks_and_pinned() {
+        let dir = std::env::temp_dir().join(format!("ac-prep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("ws/tools/bin")).unwrap();
+        std::fs::create_dir_all(dir.join("ro/real")).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
+        std::os::unix::fs::symlink("/", dir.join("ws/.git")).unwrap();
+        std::os::unix::fs::symlink("real", dir.join("ro/link")).unwrap();
+        let ws = dir.join("ws");
+        let err = prepare(&view(&[
+            (&ws, Access::ReadWrite),
+            (&ws.join(".git"), Access::ReadOnly),
+        ]))
+        .unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Resolve(resolve::ResolveError::Symlink { path }) if path.ends_with("ws/.git")),
+            "{err}"
+        );
+        std::fs::remove_file(dir.join("ws/.git")).unwrap();
+        let p = prepare(&view(&[
+            (&ws, Access::ReadWrite),
+            (&ws.join(".git"), Access::ReadOnly),
+            (&ws.join("tools/bin"), Access::ReadOnly),
+            (&dir.join("ro"), Access::ReadOnly),
+            (&dir.join("ro/link"), Access::ReadOnly),
+        ]))
+        .unwrap();
+        assert!(dir.join("ws/.git").is_dir(), "held: created empty");
+        assert!(p.mounts.contains(&Mount::Pin {
+            source: ws.join("tools"),
+            target: ws.join("tools"),
+        }));
+        let pin = p
+            .mounts
+            .iter()
+            .position(|m| matches!(m, Mount::Pin { .. }))
+            .unwrap();
+        let bin = p
+            .mounts
+            .iter()
+            .position(
+                |m| matches!(m, Mount::Bind { target, .. } if *target == ws.join("tools/bin")),
+            )
+            .unwrap();
+        assert!(pin < bin, "the pin comes before the deeper mount");
+        assert!(p.mounts.contains(&Mount::Bind {
+            source: dir.join("ro/real"),
+            target: dir.join("ro/link"),
+            readonly: true,
+        }));
+        for t in [
+            ws.join(".git"),
+            ws.join("tools"),
+            ws.join("tools/bin"),
+            ws.clone(),
+        ] {
+            assert!(p.sources.contains_key(&t), "{} has a handle", t.display());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// `/bin -> usr/bin` becomes a link of the view; a link to something outside the baseline, a
     /// dangling one and a real directory do not.

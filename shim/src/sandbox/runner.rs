@@ -14,7 +14,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::landlock::{LandlockExecutor, LandlockRules};
-use super::prepare::{self, PrepareError};
+use super::prepare::{self, Mount, PrepareError, Prepared};
+use super::resolve::{self, Expect, ResolveError, Staging};
 use super::spec::{self, SpecInput};
 use crate::network::link::{self, SandboxNet};
 use crate::network::program::{self, Attachment};
@@ -42,6 +43,8 @@ impl Outcome {
 pub enum RunError {
     #[error("preparing the filesystem view: {0}")]
     Prepare(#[from] PrepareError),
+    #[error("building the filesystem view: {0}")]
+    View(#[from] ResolveError),
     #[error("network: {0}")]
     Network(String),
     #[error("{0} does not exist in the sandbox's view")]
@@ -147,7 +150,14 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         agentcell_policy::plan::RootSource::HostBaseline => None,
     };
     let root_dir = image_root.clone().unwrap_or_else(|| dir.join("rootfs"));
-    let mut spec = oci_spec(req, &prepared, &root_dir, Some(link::netns_path(&req.id)))?;
+    // The runtime is given staged copies of the resolved objects, never the policy's strings.
+    let (mut staging, staged) = stage(&dir, &prepared)?;
+    let mut spec = oci_spec(
+        req,
+        staged.as_ref().unwrap_or(&prepared),
+        &root_dir,
+        Some(link::netns_path(&req.id)),
+    )?;
     // Held until the sandbox is gone: a skeleton in use is never pruned.
     let mut _root_lock = None;
     if image_root.is_none() {
@@ -218,7 +228,30 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
     if let Some(w) = &mut warm {
         w.release();
     }
-    let mut container = built.map_err(err("creating the container"))?;
+    let mut container = match built {
+        Ok(c) => c,
+        // The runtime names its mount destinations by path inside the view: one swapped for a
+        // symlink meanwhile sends a mount elsewhere and the build fails. Say which.
+        Err(e) => match swapped_target(&prepared) {
+            Some(path) => return Err(ResolveError::Swapped { path }.into()),
+            None => return Err(err("creating the container")(e)),
+        },
+    };
+    // The view is built (in the container's own mount namespace, which keeps its copies): the
+    // staged sources go, and what was built is checked before anything runs in it.
+    let checked = staging
+        .as_mut()
+        .map_or(Ok(()), Staging::detach)
+        .and_then(|()| match (container.pid(), spec.root()) {
+            (Some(pid), Some(root)) => verify_view(pid.as_raw(), root.path(), &prepared),
+            _ => Ok(()),
+        });
+    if let Err(e) = checked {
+        if let Err(d) = container.delete(true) {
+            tracing::warn!(error = %d, id = %req.id, "deleting the unstarted container");
+        }
+        return Err(e.into());
+    }
     tracing::debug!(
         id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64,
         cgroup_warmed = warm.as_ref().is_some_and(|w| w.moved()), "container created"
@@ -534,7 +567,7 @@ pub fn spec_only(
     req: &RunRequest,
     rootfs: &Path,
 ) -> Result<libcontainer::oci_spec::runtime::Spec, RunError> {
-    let mut prepared = prepare::prepare(&req.plan.filesystem)?;
+    let mut prepared = prepare::prepare_with(&req.plan.filesystem, false)?;
     let mut plan = req.plan.clone();
     plan.process.cwd = working_directory(req.plan, &mut prepared)?;
     let req = req.with_plan(&plan);
@@ -721,8 +754,110 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Removes a sandbox's state directory, detaching its staged sources first: they are host
+/// trees (grants), and a recursive removal must never descend into one. A directory whose
+/// staging is still mounted after that is left alone.
 fn remove_tree(p: &Path) -> std::io::Result<()> {
+    let src = p.join("src");
+    if resolve::path_is_mount_point(&src) {
+        resolve::detach(&src)?;
+        if resolve::path_is_mount_point(&src) {
+            return Err(std::io::Error::other(format!(
+                "{} is still a mount point",
+                src.display()
+            )));
+        }
+    }
     std::fs::remove_dir_all(p)
+}
+
+/// Stages every resolved source of a host view (see `resolve::Staging`) and returns the
+/// prepared view with those staged paths as sources. Nothing to stage (an image view): none.
+fn stage(dir: &Path, prepared: &Prepared) -> Result<(Option<Staging>, Option<Prepared>), RunError> {
+    if prepared.sources.is_empty() {
+        return Ok((None, None));
+    }
+    let mut st = Staging::new(&dir.join("src"))?;
+    let mut staged = prepared.clone();
+    for m in staged.mounts.iter_mut() {
+        if let Mount::Bind { source, target, .. } | Mount::Pin { source, target } = m
+            && let Some(h) = prepared.sources.get(target.as_path())
+        {
+            *source = st.stage(h, target)?;
+        }
+    }
+    Ok((Some(st), Some(staged)))
+}
+
+/// The first target of ours that is now a symlink on the host where a directory or file was
+/// resolved (after a failed build).
+fn swapped_target(prepared: &Prepared) -> Option<String> {
+    prepared
+        .sources
+        .iter()
+        .find(|(t, h)| {
+            std::fs::symlink_metadata(t).is_ok_and(|m| m.file_type().is_symlink())
+                && h.path().ok().as_deref() != Some(t.as_path())
+        })
+        .map(|(t, _)| t.display().to_string())
+}
+
+/// Checks the built view through the container init's root (it has pivoted into the view and
+/// waits for start): the root is the skeleton, and every target of ours is a mount point
+/// reached without a symlink, holding the object resolved for it (read-only where asked), or
+/// our mask.
+fn verify_view(pid: i32, skeleton: &Path, prepared: &Prepared) -> Result<(), ResolveError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let (want, got) = (std::fs::metadata(skeleton), std::fs::metadata(&root));
+    if let (Ok(w), Ok(g)) = (&want, &got)
+        && (w.dev(), w.ino()) != (g.dev(), g.ino())
+    {
+        return Err(ResolveError::Mismatch {
+            path: "/".into(),
+            what: "the container's root is not the prepared one".into(),
+        });
+    }
+    let mut targets = Vec::new();
+    for m in &prepared.mounts {
+        let (target, expect) = match m {
+            Mount::Bind {
+                target, readonly, ..
+            } => match prepared.sources.get(target) {
+                Some(handle) => (
+                    target,
+                    Expect::Bind {
+                        handle,
+                        readonly: *readonly,
+                    },
+                ),
+                None => continue,
+            },
+            Mount::Pin { target, .. } => match prepared.sources.get(target) {
+                Some(handle) => (
+                    target,
+                    Expect::Bind {
+                        handle,
+                        readonly: false,
+                    },
+                ),
+                None => continue,
+            },
+            Mount::MaskFile { target } => (target, Expect::Null),
+            Mount::MaskDir {
+                target,
+                has_children,
+                ..
+            } => (
+                target,
+                Expect::Tmpfs {
+                    readonly: Some(!has_children),
+                },
+            ),
+        };
+        targets.push((target.clone(), expect, prepared.followed.contains(target)));
+    }
+    resolve::verify(&root, &targets)
 }
 
 #[cfg(test)]

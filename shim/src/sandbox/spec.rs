@@ -97,6 +97,9 @@ pub fn build_json(input: &SpecInput) -> Value {
                 &target.to_string_lossy(),
                 *readonly,
             ),
+            Mount::Pin { source, target } => {
+                bind(&source.to_string_lossy(), &target.to_string_lossy(), false)
+            }
             Mount::MaskFile { target } => bind("/dev/null", &target.to_string_lossy(), true),
             Mount::MaskDir { target, size, has_children } => {
                 let mut options: Vec<String> = ["nosuid", "nodev", "noexec", "uid=65534", "gid=65534"]

@@ -216,6 +216,9 @@ pub fn build(input: &SpecInput) -> Result<GuestPlan, SpecError> {
                     readonly: *readonly,
                 });
             }
+            // Not in this tier: the exported trees are the guest's whole view of a grant, and
+            // an ancestor of a deeper path inside one is not made a mount point there.
+            Prepared::Pin { .. } => {}
             Prepared::MaskFile { target } => {
                 // Masked on the host too when it lies in an exported tree and exists (a mount
                 // point is never created in a host directory).
