@@ -367,7 +367,7 @@ fn gpu_item(g: &GpuPlan, host: &Host) -> Enforcement {
             "device nodes created in the sandbox's /dev with the host's major:minor; a cgroup device rule allows exactly those numbers",
             ioctl_note,
             "read-only bind mounts and Landlock read rules for the libraries",
-            "seccomp unchanged: ioctl and mmap, which GPU drivers use, are not filtered",
+            "seccomp unchanged: mmap and the ioctls GPU drivers use are not filtered (only three terminal requests are)",
         ],
         Status::Enforced,
     )
