@@ -512,3 +512,56 @@ fn the_workload_cannot_push_input_into_an_inherited_terminal() {
         "master: {got:?}"
     );
 }
+
+/// The caller's terminal is not handed over at all: a workload whose stdio are terminals gets a
+/// pty of agentcell's, whose output and input are relayed.
+#[test]
+fn a_terminal_on_stdio_is_relayed_through_a_pty_of_our_own() {
+    use std::io::{Read as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    require_root();
+    let f = Fixture::new("seccomp-relay");
+    let (master, slave) = pty();
+    // SAFETY: fstat fills a stat we own.
+    let rdev = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        assert_eq!(libc::fstat(slave.as_raw_fd(), &mut st), 0);
+        st.st_rdev
+    };
+    let caller = format!("{:x}:{:x}", libc::major(rdev), libc::minor(rdev));
+    // Typed before the workload starts: it waits in the caller's terminal until relayed.
+    let mut m = std::fs::File::from(master);
+    m.write_all(b"typed line\n").unwrap();
+    let p = f.policy(&json!({"version": "1.0.0"}));
+    let status = Command::new(env!("CARGO_BIN_EXE_agentcell"))
+        .args(["run", "--policy", &p, "--", "/bin/sh", "-c"])
+        .arg("test -t 0 && test -t 1 && test -t 2 && echo tty-ok; echo rdev=$(stat -L -c %t:%T /proc/self/fd/0); read l; echo \"got:$l\"")
+        .stdin(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stdout(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(slave.try_clone().unwrap()))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Everything the workload wrote was relayed before agentcell exited.
+    // SAFETY: O_NONBLOCK on a descriptor we own.
+    unsafe {
+        let fl = libc::fcntl(m.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(m.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = m.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("tty-ok"), "{out}");
+    assert!(out.contains("got:typed line"), "{out}");
+    let theirs = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rdev="))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_ne!(theirs, caller, "the workload holds the caller's terminal");
+}

@@ -10,3 +10,4 @@ pub mod memory;
 pub mod prepare;
 pub mod runner;
 pub mod spec;
+pub mod tty;
