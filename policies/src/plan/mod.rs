@@ -547,7 +547,7 @@ fn report(
     };
     out.push(item(
         "seccomp (beyond MXC)",
-        "ptrace, io_uring, bpf, mount API, setns, user namespaces, keyrings, AF_VSOCK/AF_PACKET refused",
+        "ptrace, io_uring, bpf, mount API, setns, user namespaces, keyrings, AF_VSOCK/AF_PACKET, setuid/setgid modes, netlink beyond route and sock_diag, TIOCSTI/TIOCLINUX/TIOCSCTTY on stdio refused",
         &["seccomp filter installed before exec"],
         sc_status,
     ));
