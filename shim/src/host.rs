@@ -280,6 +280,17 @@ pub fn user_namespaces(root: &HostRoot) -> (bool, bool) {
     (max > 0, max > 0 && unpriv)
 }
 
+/// `dev.tty.legacy_tiocsti`: whether `TIOCSTI` (push bytes into a terminal's input) works for
+/// processes without `CAP_SYS_ADMIN` on their controlling terminal. `None`: the kernel has no
+/// such switch (before 6.2: always allowed) or the file is unreadable.
+pub fn legacy_tiocsti(root: &HostRoot) -> Option<bool> {
+    match root.read("/proc/sys/dev/tty/legacy_tiocsti")?.trim() {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// KVM: present, and whether a stock guest kernel can boot with it. Nested PVM (`kvm_pvm`)
 /// exposes /dev/kvm but stock kernels do not boot on it; qemu TCG still works there.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -428,12 +428,25 @@ fn doctor_reports_this_host() {
     ] {
         assert!(v.get(k).is_some(), "{k} missing: {v}");
     }
+    // The terminal-injection switch, as the kernel states it.
+    let tiocsti = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti")
+        .ok()
+        .map(|s| s.trim() == "1");
+    assert_eq!(v["legacyTiocsti"]["value"].as_bool(), tiocsti, "{v}");
+    assert!(
+        v["legacyTiocsti"]["meaning"]
+            .as_str()
+            .unwrap()
+            .contains("TIOCSTI")
+    );
     assert_eq!(v["presets"].as_array().unwrap().len(), 4);
     // The Landlock ABI is probed with the syscall: it matches the kernel's answer here.
     let abi = common::kernel_landlock_abi();
     assert_eq!(v["landlockAbi"].as_i64(), (abi > 0).then_some(abi));
     let human = agentcell(&["doctor"]);
-    assert!(String::from_utf8_lossy(&human.stdout).contains("presets on this host:"));
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("presets on this host:"));
+    assert!(human.contains("legacy_tiocsti"), "{human}");
 }
 
 #[test]

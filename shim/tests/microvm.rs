@@ -362,3 +362,76 @@ fn qemu_itself_sees_only_the_granted_view() {
     assert_eq!(status.code(), Some(143));
     assert_nothing_left();
 }
+
+/// The plan's seccomp profile holds in the guest as in the container tier (it is compiled on
+/// the host, the guest installs the bytes): no setuid/setgid bits reach the host through a
+/// read-write grant, no netlink uevents, no terminal injection ioctls.
+#[test]
+fn the_plan_seccomp_refusals_hold_in_the_guest() {
+    let _one = setup();
+    let f = Fixture::new("vm-seccomp");
+    let src = f.write("probe/probe.c", include_str!("seccomp_probe.c"));
+    let bin = f.path("probe/probe");
+    let cc = std::process::Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("cc (build-essential)");
+    assert!(cc.success(), "compiling the probe");
+    let rw = f.mkdir("rw");
+    let p = f.policy(&json!({"version": "1.0.0", "filesystem": {
+        "readonlyPaths": [f.p("probe")],
+        "readwritePaths": [f.p("rw")],
+    }}));
+    let bin = bin.display().to_string();
+    let script = format!("{bin} setid {} && {bin}", rw.display());
+    let r = vm_sh(&p, &script);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let got = |name: &str| {
+        r.stdout.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<i32>()
+                .ok()
+        })
+    };
+    for name in [
+        "chmod_6755",
+        "fchmodat2_4755",
+        "open_creat_4755",
+        "openat_creat_2755",
+        "mknod_4755",
+        "netlink_uevent",
+        "netlink_uevent_high",
+        "ioctl_tiocsti",
+        "ioctl_tiocsti_high",
+        "ioctl_tiocscty_stdout",
+        "socket_vsock_high",
+    ] {
+        assert_eq!(got(name), Some(libc::EPERM), "{name}: {}", r.stdout);
+    }
+    assert_eq!(
+        got("openat2_creat_4755"),
+        Some(libc::ENOSYS),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(got("chmod_0755"), Some(0), "{}", r.stdout);
+    assert_eq!(got("netlink_route"), Some(0), "{}", r.stdout);
+    use std::os::unix::fs::PermissionsExt as _;
+    for e in std::fs::read_dir(&rw).unwrap() {
+        let e = e.unwrap();
+        let mode = e.metadata().unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o6000,
+            0,
+            "{} {mode:o} on the host",
+            e.path().display()
+        );
+    }
+    assert!(rw.join("planted").exists(), "the probe wrote nothing");
+    assert_nothing_left();
+}

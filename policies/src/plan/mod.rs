@@ -367,7 +367,7 @@ fn gpu_item(g: &GpuPlan, host: &Host) -> Enforcement {
             "device nodes created in the sandbox's /dev with the host's major:minor; a cgroup device rule allows exactly those numbers",
             ioctl_note,
             "read-only bind mounts and Landlock read rules for the libraries",
-            "seccomp unchanged: ioctl and mmap, which GPU drivers use, are not filtered",
+            "seccomp unchanged: mmap and the ioctls GPU drivers use are not filtered (only three terminal requests are)",
         ],
         Status::Enforced,
     )
@@ -547,7 +547,7 @@ fn report(
     };
     out.push(item(
         "seccomp (beyond MXC)",
-        "ptrace, io_uring, bpf, mount API, setns, user namespaces, keyrings, AF_VSOCK/AF_PACKET refused",
+        "ptrace, io_uring, bpf, mount API, setns, user namespaces, keyrings, AF_VSOCK/AF_PACKET, setuid/setgid modes, netlink beyond route and sock_diag, TIOCSTI/TIOCLINUX/TIOCSCTTY on stdio refused",
         &["seccomp filter installed before exec"],
         sc_status,
     ));

@@ -33,6 +33,7 @@ pub fn run(args: DoctorArgs) -> i32 {
     let systemd = host::systemd_is_init_at(&root);
     let (userns, userns_unpriv) = host::user_namespaces(&root);
     let kvm = host::kvm(&root);
+    let tiocsti = host::legacy_tiocsti(&root);
     let wsl = h.wsl.clone();
     let mut preset_rows = Vec::new();
     for (name, _, text) in presets::PRESETS {
@@ -79,6 +80,10 @@ pub fn run(args: DoctorArgs) -> i32 {
         "userNamespaces": {"available": userns, "unprivileged": userns_unpriv},
         "cgroup": {"layout": cgroup, "systemdInit": systemd, "driver": if systemd && cgroup == host::CgroupLayout::V2 { "systemd" } else { "cgroupfs" }},
         "kvm": kvm,
+        "legacyTiocsti": {
+            "value": tiocsti,
+            "meaning": tiocsti_meaning(tiocsti),
+        },
         "wsl": wsl.as_ref().map(|w| wsl_json(w, &h)),
         "gpu": h.gpu,
         "microvm": crate::vm::status::report(None),
@@ -128,6 +133,16 @@ pub fn run(args: DoctorArgs) -> i32 {
             (true, false) => "yes: guests boot with KVM".to_string(),
         }
     );
+    println!(
+        "{:24} {}: {}",
+        "legacy_tiocsti",
+        match tiocsti {
+            Some(true) => "1",
+            Some(false) => "0",
+            None => "absent",
+        },
+        tiocsti_meaning(tiocsti)
+    );
     match &wsl {
         None => println!("{:24} no", "wsl"),
         Some(w) => print_wsl(w, &h),
@@ -168,6 +183,18 @@ pub fn run(args: DoctorArgs) -> i32 {
         println!("  {name:16} {state}");
     }
     0
+}
+
+/// What `dev.tty.legacy_tiocsti` means for a caller whose terminal a workload could reach.
+fn tiocsti_meaning(v: Option<bool>) -> &'static str {
+    match v {
+        Some(false) => {
+            "TIOCSTI needs CAP_SYS_ADMIN on this host; sandboxes also refuse it (seccomp)"
+        }
+        Some(true) | None => {
+            "any process may push input into its controlling terminal with TIOCSTI; sandboxes refuse it (seccomp), other programs on this host do not (sysctl dev.tty.legacy_tiocsti=0 closes it)"
+        }
+    }
 }
 
 /// The WSL section of `doctor --json`: the facts, and what every sandbox gets because of them.

@@ -12,3 +12,4 @@ pub mod resolve;
 pub mod resolver;
 pub mod runner;
 pub mod spec;
+pub mod tty;

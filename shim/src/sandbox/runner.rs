@@ -208,6 +208,12 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         }
     };
     tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "bundle written");
+    // The sandbox inherits 0, 1, 2: a terminal among them is swapped for a pty of our own now,
+    // its relay threads start after libcontainer's raw clones (below).
+    let mut relay = super::tty::Relay::install().map_err(|source| RunError::Io {
+        step: "a pty for the caller's terminal".into(),
+        source,
+    })?;
     if let Some(w) = &warm {
         w.quiesce();
     }
@@ -251,6 +257,17 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             tracing::warn!(error = %d, id = %req.id, "deleting the unstarted container");
         }
         return Err(e.into());
+    }
+    if let Some(r) = &mut relay
+        && let Err(source) = r.start()
+    {
+        if let Err(d) = container.delete(true) {
+            tracing::warn!(error = %d, id = %req.id, "deleting the unstarted container");
+        }
+        return Err(RunError::Io {
+            step: "relaying the terminal".into(),
+            source,
+        });
     }
     tracing::debug!(
         id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64,
@@ -309,6 +326,10 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
             }
         })
     })();
+    // The sandbox is gone: what it wrote last is in the pty.
+    if let Some(r) = relay.take() {
+        r.finish();
+    }
     let init_pid = container.pid().map(|p| p.as_raw());
     tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "workload ended");
     // The workload's init has been reaped, so its PID namespace is empty: all that is left is

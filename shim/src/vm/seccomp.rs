@@ -187,8 +187,9 @@ mod tests {
         // libseccomp programs start by loading seccomp_data.arch (offset 4).
         let (code, _, _, k) = unpack_sock_filter(prog[0]);
         assert_eq!((code, k), (0x20, 4), "BPF_LD|BPF_W|BPF_ABS arch");
-        // Install it in a child and check that a denied syscall (unshare(CLONE_NEWUSER)) fails
-        // with the profile's errno while an allowed one works.
+        // Install it in a child and check that denied calls (new user namespaces, TIOCSTI with
+        // high bits, netlink uevents, setuid modes, openat2) fail with the profile's errno while
+        // allowed ones reach the kernel.
         let filters: Vec<libc::sock_filter> = prog
             .iter()
             .map(|v| {
@@ -208,9 +209,39 @@ mod tests {
                 if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog) != 0 {
                     libc::_exit(10);
                 }
-                let denied = libc::unshare(libc::CLONE_NEWUSER) == -1
-                    && *libc::__errno_location() == libc::EPERM;
-                let allowed = libc::getpid() > 0;
+                let errno = || *libc::__errno_location();
+                let refused = |rc: libc::c_long, want: i32| rc == -1 && errno() == want;
+                let high: libc::c_long = 1 << 32;
+                let nul = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                let denied = refused(libc::unshare(libc::CLONE_NEWUSER) as _, libc::EPERM)
+                    // Masked comparisons: the value in `value`, the mask in `value_two`
+                    // (libcontainer's reading), on the low 32 bits the kernel reads.
+                    && refused(
+                        libc::syscall(libc::SYS_ioctl, nul, high | 0x5412, c"x".as_ptr()),
+                        libc::EPERM,
+                    )
+                    && refused(
+                        libc::syscall(libc::SYS_socket, high | 16, libc::SOCK_RAW, 15),
+                        libc::EPERM,
+                    )
+                    && refused(
+                        libc::syscall(libc::SYS_chmod, c"/agentcell-none".as_ptr(), 0o4755),
+                        libc::EPERM,
+                    )
+                    && refused(
+                        libc::syscall(libc::SYS_openat2, -1, c"x".as_ptr(), 0, 0),
+                        libc::ENOSYS,
+                    );
+                let route = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0);
+                let allowed = libc::getpid() > 0
+                    && route >= 0
+                    // Reaches the kernel: /dev/null is no terminal.
+                    && refused(libc::ioctl(nul, libc::TCGETS, [0u8; 64].as_mut_ptr()) as _, libc::ENOTTY)
+                    // Reaches the kernel: the path does not exist.
+                    && refused(
+                        libc::syscall(libc::SYS_chmod, c"/agentcell-none".as_ptr(), 0o755),
+                        libc::ENOENT,
+                    );
                 libc::_exit(if denied && allowed { 0 } else { 11 });
             }
         }
