@@ -9,6 +9,15 @@
 //! child needs is made before the clone ([`Workload::new`]); between the clone and `execve` the
 //! child only makes system calls on memory that already exists: no allocation, no lock, no
 //! logging (a failure is written with `write(2)` from bytes prepared beforehand).
+//!
+//! What remains before this point is libcontainer's: its intermediate and init processes
+//! allocate and log between their `clone3` and our executor (`landlock`), which allocates too
+//! (Landlock's rule set, the environment, this `Workload`). That is sound only because the
+//! process they are cloned from is single-threaded when it clones: in the shim, the build helper
+//! (`containerd::build`, which checks it); in the CLI, the runner's thread, beside which only the
+//! cgroup-warming thread lives and it makes nothing but system calls by then
+//! (`attach_warm::Warm::quiesce`). A thread added to either before the build brings the hang
+//! back.
 
 use std::ffi::{CString, c_char};
 use std::sync::atomic::{AtomicI32, Ordering};

@@ -198,6 +198,10 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         }
     };
     tracing::debug!(id = %req.id, elapsed_us = t0.elapsed().as_micros() as u64, "bundle written");
+    // libcontainer clones this process raw: its children inherit whatever lock another thread
+    // holds at that instant. The network thread has been joined; the warming thread makes only
+    // system calls once quiesced; the audit listeners start after the build. No other thread
+    // may be alive here (see `init`).
     if let Some(w) = &warm {
         w.quiesce();
     }
