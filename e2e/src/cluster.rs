@@ -4,7 +4,7 @@
 //! `tests/cluster.rs` and the benchmarks' helpers.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -51,20 +51,13 @@ impl Out {
     }
 }
 
+/// The limit of one kubectl or helm step: above the longest wait a step asks the server for
+/// (`helm install --wait --timeout 10m`), so only a hang reaches it.
+const STEP_LIMIT: Duration = Duration::from_secs(15 * 60);
+
 fn run(cmd: &mut Command, input: Option<&str>) -> Out {
-    use std::io::Write;
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    if let Some(i) = input {
-        child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
-    }
-    let o = child.wait_with_output().unwrap();
+    let o = crate::bounded::output(cmd, input.map(str::as_bytes), STEP_LIMIT)
+        .unwrap_or_else(|e| panic!("{e}"));
     Out {
         code: o.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&o.stdout).into_owned(),

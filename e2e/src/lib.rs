@@ -3,12 +3,13 @@
 //! `busybox-static`, and test hosts in network namespaces the test creates. Everything it
 //! creates is removed when the harness is dropped.
 
+pub mod bounded;
 pub mod cluster;
 pub mod image;
 pub mod testhost;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 pub fn require_root() {
@@ -222,39 +223,40 @@ impl Containerd {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
-    /// `ctr` against this containerd, in its namespace.
+    /// `ctr` against this containerd, in its namespace; bounded by [`bounded::step_limit`].
     pub fn ctr(&self, args: &[&str]) -> Ran {
-        let out = Command::new("ctr")
-            .arg("-a")
-            .arg(&self.sock)
-            .args(["-n", &self.namespace])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("ctr");
-        Ran::from(out)
+        self.ctr_within(args, None, bounded::step_limit())
     }
 
     /// `ctr` with stdin fed from `input`.
     pub fn ctr_input(&self, args: &[&str], input: &str) -> Ran {
-        use std::io::Write;
-        let mut child = Command::new("ctr")
-            .arg("-a")
+        self.ctr_within(args, Some(input.as_bytes()), bounded::step_limit())
+    }
+
+    /// `ctr` bounded by `limit`: past it, the test fails with what ctr printed, the end of
+    /// containerd's log (the shim logs into it) and where container processes are blocked.
+    pub fn ctr_within(&self, args: &[&str], input: Option<&[u8]>, limit: Duration) -> Ran {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
             .arg(&self.sock)
             .args(["-n", &self.namespace])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ctr");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        Ran::from(child.wait_with_output().unwrap())
+            .args(args);
+        match bounded::output(&mut cmd, input, limit) {
+            Ok(o) => Ran::from(o),
+            Err(e) => {
+                let log = self.log();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                panic!(
+                    "{e}
+--- where container processes wait ---
+{}--- containerd log (end) ---
+{}",
+                    bounded::stuck_processes(),
+                    tail.join("\n")
+                )
+            }
+        }
     }
 
     /// The socket the shim of container `id` (or of the pod it groups under) listens on, as

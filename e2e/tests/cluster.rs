@@ -735,8 +735,8 @@ fn main() {
                 Err(format!("{left:?}"))
             }
         });
-        let tasks = std::process::Command::new("ctr")
-            .args([
+        let tasks = agentcell_e2e::bounded::output(
+            std::process::Command::new("ctr").args([
                 "-a",
                 &format!("{STATE}/containerd/containerd.sock"),
                 "-n",
@@ -744,9 +744,11 @@ fn main() {
                 "tasks",
                 "ls",
                 "-q",
-            ])
-            .output()
-            .unwrap();
+            ]),
+            None,
+            agentcell_e2e::bounded::step_limit(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             String::from_utf8_lossy(&tasks.stdout).trim().is_empty(),
             "tasks left"

@@ -16,8 +16,12 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 async fn connect(c: &Containerd) -> RuntimeServiceClient<Channel> {
     let sock = c.sock.clone();
+    // Every CRI call is bounded: one that never answers (a shim stuck in a create or an exec)
+    // fails its test in minutes.
     let channel = Endpoint::try_from("http://[::]:50051")
         .unwrap()
+        .timeout(agentcell_e2e::bounded::step_limit())
+        .connect_timeout(std::time::Duration::from_secs(30))
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let sock = sock.clone();
             async move {
@@ -253,10 +257,12 @@ async fn the_node_installer_s_configuration_runs_a_pod_through_cri() {
             "--json".to_owned(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let out = std::process::Command::new(bin.join("agentcell"))
-            .args(&args)
-            .output()
-            .expect("run agentcell");
+        let out = agentcell_e2e::bounded::output(
+            std::process::Command::new(bin.join("agentcell")).args(&args),
+            None,
+            agentcell_e2e::bounded::step_limit(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             out.status.success(),
             "agentcell {args:?}: {}{}",

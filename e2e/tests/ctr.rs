@@ -240,11 +240,12 @@ fn a_terminal_works_for_the_init_and_for_exec() {
     let rootfs = image::rootfs(&c.dir.join("rootfs"));
     // `script` gives ctr the terminal it insists on for -t.
     let under_tty = |cmd: String| {
-        let out = std::process::Command::new("script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        let out = agentcell_e2e::bounded::output(
+            std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]),
+            None,
+            agentcell_e2e::bounded::step_limit(),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let ctr = format!("ctr -a {} -n {}", c.sock.display(), c.namespace);
@@ -324,4 +325,116 @@ fn lifecycle_and_oom_events_reach_containerd() {
     ] {
         assert!(text.contains(topic), "{topic} missing from:\n{text}");
     }
+}
+
+/// 500 execs, 8 at a time, into one container while other clients keep the shim busy (`tasks
+/// ps` and `tasks metrics` in loops): every exec returns, with its own output and exit code.
+/// The shim once built execs by raw clones of itself, multi-threaded: an exec's init could
+/// inherit a lock held by another of the shim's threads and wait on it forever. Each exec is
+/// bounded (two minutes), so a hang fails the test with where the stuck process waits.
+#[test]
+fn five_hundred_concurrent_execs_into_a_busy_shim_all_return() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+    const EXECS: usize = 500;
+    const PARALLEL: usize = 8;
+    let c = Containerd::start("ctr-stress");
+    let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    let r = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(&policy()),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "st1",
+        "/bin/sleep",
+        "100000",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    let next = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let busy_calls = AtomicUsize::new(0);
+    let limit = Duration::from_secs(120);
+    std::thread::scope(|s| {
+        for args in [["tasks", "ps", "st1"], ["tasks", "metrics", "st1"]] {
+            let (c, done, busy_calls) = (&c, &done, &busy_calls);
+            s.spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let r = c.ctr_within(&args, None, limit);
+                    assert_eq!(r.code, 0, "{args:?}: {r:?}");
+                    busy_calls.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let workers: Vec<_> = (0..PARALLEL)
+            .map(|_| {
+                let (c, next) = (&c, &next);
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= EXECS {
+                            return;
+                        }
+                        let id = format!("s{i}");
+                        // Every other exec reads its stdin (the shim's stdin copier and its
+                        // pipe); the rest exit with a code of their own.
+                        if i % 2 == 0 {
+                            let input = format!("in-{i}\n");
+                            let r = c.ctr_within(
+                                &["tasks", "exec", "--exec-id", &id, "st1", "/bin/cat"],
+                                Some(input.as_bytes()),
+                                limit,
+                            );
+                            assert_eq!((r.code, r.stdout.as_str()), (0, input.as_str()), "{r:?}");
+                        } else {
+                            let script = format!("echo out-{i}; exit {}", i % 100);
+                            let r = c.ctr_within(
+                                &[
+                                    "tasks",
+                                    "exec",
+                                    "--exec-id",
+                                    &id,
+                                    "st1",
+                                    "/bin/sh",
+                                    "-c",
+                                    &script,
+                                ],
+                                None,
+                                limit,
+                            );
+                            assert_eq!(
+                                (r.code, r.stdout.as_str()),
+                                ((i % 100) as i32, format!("out-{i}\n").as_str()),
+                                "{r:?}"
+                            );
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut failed = None;
+        for w in workers {
+            if let Err(e) = w.join() {
+                failed.get_or_insert(e);
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        if let Some(e) = failed {
+            std::panic::resume_unwind(e);
+        }
+    });
+    assert!(
+        busy_calls.load(Ordering::Relaxed) > 0,
+        "the shim was not kept busy"
+    );
+    // The container is intact: one more exec, then it goes away cleanly.
+    let r = c.ctr(&["tasks", "exec", "--exec-id", "last", "st1", "/bin/true"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = c.ctr(&["tasks", "kill", "-s", "SIGKILL", "-a", "st1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(c.wait_stopped(), "{}", c.ctr(&["tasks", "ls"]).stdout);
+    assert_eq!(c.ctr(&["tasks", "delete", "st1"]).code, 0);
 }

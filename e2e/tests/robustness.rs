@@ -131,6 +131,14 @@ fn a_shim_killed_mid_run_is_cleaned_up_by_delete() {
     let before = census(&c);
     sleep_detached(&c, &rootfs, "k1", "4242");
     let sleeping = || count_lines("pgrep", &["-f", "^/bin/sleep 4242$"]);
+    // `ctr run -d` returns once the container is started, which may be before its PID 1 has
+    // exec'd the workload.
+    for _ in 0..200 {
+        if sleeping() == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(sleeping(), 1);
     let shims = c.shim_pids();
     let describe = |pids: &[i32]| {

@@ -6,6 +6,7 @@
 //! (`service`).
 
 pub mod annotations;
+pub mod build;
 pub mod config;
 pub mod confine;
 pub mod io;
@@ -144,6 +145,11 @@ struct FifoLog {
 }
 
 impl FifoLog {
+    /// The FIFO at `path`, opened at the first line written.
+    fn new(path: std::path::PathBuf) -> Self {
+        Self { path, file: None }
+    }
+
     fn open(path: &std::path::Path) -> Option<std::fs::File> {
         std::fs::OpenOptions::new()
             .write(true)
@@ -195,6 +201,11 @@ pub fn main_vm() {
 }
 
 fn run(runtime_type: &str) {
+    // The container builder (`build`): the same binary, started by the shim itself.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(build::ARG) {
+        build::helper_main(&args[2..]);
+    }
     containerd_shim::run::<Shim>(
         runtime_type,
         Some(Config {

@@ -19,13 +19,12 @@ use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::oci_spec::runtime::LinuxSeccomp;
-use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use super::annotations::{self, NodeDefaults};
+use super::build::{self, BuildError, BuildKind, BuildRequest};
 use super::config::{self, ShimConfig};
 use super::confine::{self, Input};
 use super::io::{self, ShimSide, StdioPaths};
@@ -33,7 +32,7 @@ use super::reaper::{self, Exit, ExitCell, REAP_LOCK};
 use super::stats;
 use crate::network::link::{self, SandboxNet};
 use crate::network::program::{self, Attachment};
-use crate::sandbox::landlock::{LandlockExecutor, LandlockRules};
+use crate::sandbox::landlock::LandlockRules;
 use crate::sandbox::prepare;
 
 mod vm;
@@ -131,8 +130,8 @@ struct Ctr {
     vm: Option<vm::VmParts>,
 }
 
-/// Removes `oomScoreAdj` from a process spec: libcontainer writes it into the calling process,
-/// which here is the long-lived shim.
+/// Removes `oomScoreAdj` from a process spec: libcontainer writes it into the process that
+/// builds; the shim sets it on the new process from outside instead (`after_build`).
 fn take_oom_score_adj(process: &mut Value) -> Option<i64> {
     process
         .as_object_mut()
@@ -140,11 +139,9 @@ fn take_oom_score_adj(process: &mut Value) -> Option<i64> {
         .and_then(|v| v.as_i64())
 }
 
-/// Undoes what libcontainer does to its caller (non-dumpable), and gives the new process its
-/// OOM score adjustment.
+/// Gives the new process its OOM score adjustment (from outside: libcontainer would write it
+/// into the process that builds, the build helper).
 fn after_build(pid: i32, oom_score_adj: Option<i64>) {
-    // SAFETY: prctl with constant arguments on this process.
-    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
     if let Some(v) = oom_score_adj
         && pid > 0
         && let Err(e) = std::fs::write(format!("/proc/{pid}/oom_score_adj"), v.to_string())
@@ -641,27 +638,23 @@ impl Service {
         let _ = std::fs::write(dir.join(sandbox), fingerprint);
     }
 
-    fn executor(c: &Ctr) -> LandlockExecutor {
-        LandlockExecutor {
-            rules: c.landlock.clone(),
-            die_with_parent: false,
+    /// Builds `kind` for `c` in the build helper (`build`: never in this multi-threaded
+    /// process); the new process's pid. Call with `REAP_LOCK` held until the pid is watched.
+    fn build(c: &Ctr, pside: io::ProcessSide, kind: BuildKind) -> Result<i32, BuildError> {
+        let req = BuildRequest {
+            id: c.id.clone(),
+            root: c.lc_root.clone(),
+            kind,
+            landlock: c.landlock.clone(),
             stacked_seccomp: c.stacked.clone(),
-        }
-    }
-
-    fn builder(c: &Ctr, pside: io::ProcessSide) -> ContainerBuilder {
-        let mut b = ContainerBuilder::new(c.id.clone(), SyscallType::default())
-            .with_executor(Self::executor(c));
-        if let Some(fd) = pside.stdin {
-            b = b.with_stdin(fd);
-        }
-        if let Some(fd) = pside.stdout {
-            b = b.with_stdout(fd);
-        }
-        if let Some(fd) = pside.stderr {
-            b = b.with_stderr(fd);
-        }
-        b.with_console_socket(pside.console_socket)
+            stdio: [None; 3],
+            console_socket: pside.console_socket,
+        };
+        build::build(
+            req,
+            [pside.stdin, pside.stdout, pside.stderr],
+            build::TIMEOUT,
+        )
     }
 
     /// Watches `p`'s pid: on exit, the status is recorded and the exit event published.
@@ -732,18 +725,8 @@ impl Service {
         let console = sside.receive_console(p.stdio.clone());
         let pid = {
             let _g = REAP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            let pid = Self::builder(c, pside)
-                .with_root_path(&c.lc_root)
-                .map_err(|e| err(Code::INTERNAL, e.to_string()))?
-                .as_tenant()
-                .with_process(Some(&path))
-                .with_detach(true)
-                .build()
-                .map_err(|e| {
-                    after_build(0, None);
-                    err(Code::INTERNAL, format!("exec {}: {e}", p.exec_id))
-                })?
-                .as_raw();
+            let pid = Self::build(c, pside, BuildKind::Exec { process: path })
+                .map_err(|e| err(Code::INTERNAL, format!("exec {}: {e}", p.exec_id)))?;
             after_build(pid, oom);
             *p.pid.lock().expect("pid") = pid;
             self.watch_exit(c, p, pid);
@@ -879,27 +862,18 @@ impl Task for Service {
         let console = sside.receive_console(ctr.init.stdio.clone());
         let built = {
             let _g = REAP_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            let r = Self::builder(&ctr, pside)
-                .with_root_path(&ctr.lc_root)
-                .and_then(|b| b.validate_id())
-                .and_then(|b| {
-                    b.as_init(&ctr.dir)
-                        .with_systemd(ctr.systemd)
-                        .with_detach(true)
-                        .build()
-                });
-            match r {
-                Ok(lc) => {
-                    let pid = lc.pid().map(|p| p.as_raw()).unwrap_or(0);
+            let kind = BuildKind::Init {
+                bundle: ctr.dir.clone(),
+                systemd: ctr.systemd,
+            };
+            match Self::build(&ctr, pside, kind) {
+                Ok(pid) => {
                     after_build(pid, ctr.oom_score_adj);
                     *ctr.init.pid.lock().expect("pid") = pid;
                     self.watch_exit(&ctr, &ctr.init, pid);
                     Ok(pid)
                 }
-                Err(e) => {
-                    after_build(0, None);
-                    Err(e.to_string())
-                }
+                Err(e) => Err(e.to_string()),
             }
         };
         if let Some(h) = console {

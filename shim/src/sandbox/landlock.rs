@@ -12,18 +12,39 @@ use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
-/// What the workload may reach, as paths inside the sandbox.
-#[derive(Debug, Clone)]
+/// What the workload may reach, as paths inside the sandbox. Serializable: the shim hands it to
+/// the process that builds the container (`containerd::build`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LandlockRules {
     pub read: Vec<PathBuf>,
     pub write: Vec<PathBuf>,
     /// Device nodes: read, write and ioctl, nothing else.
     pub devices: Vec<PathBuf>,
+    #[serde(with = "abi_number")]
     pub abi: ABI,
     /// Accept a partial enforcement (the runner reports what was missing before starting).
     pub best_effort: bool,
     /// Ask the kernel to log denials of the exec'd workload (ABI 7 audit).
     pub log_denials: bool,
+}
+
+/// The Landlock ABI as its number (the crate's enum has no serde of its own).
+mod abi_number {
+    use landlock::ABI;
+
+    pub fn number(abi: ABI) -> i32 {
+        // ABI::from maps every number above the newest known ABI to it: the first match is
+        // the ABI's own number.
+        (0..=64).find(|n| ABI::from(*n) == abi).unwrap_or(0)
+    }
+
+    pub fn serialize<S: serde::Serializer>(abi: &ABI, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i32(number(*abi))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ABI, D::Error> {
+        Ok(ABI::from(<i32 as serde::Deserialize>::deserialize(d)?))
+    }
 }
 
 #[derive(Clone)]
@@ -135,9 +156,8 @@ impl Executor for LandlockExecutor {
         // with the workload's status (128+N when it died of signal N).
         // Exactly the policy's environment: nothing inherited, nothing added (the runtime sets
         // HOME when it is missing, as OCI runtimes do; MXC clears it).
-        let wanted: Vec<(String, String)> = spec
-            .process()
-            .as_ref()
+        let process = spec.process().as_ref();
+        let wanted: Vec<(String, String)> = process
             .and_then(|p| p.env().clone())
             .unwrap_or_default()
             .into_iter()
@@ -146,16 +166,22 @@ impl Executor for LandlockExecutor {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
+        let args = process.and_then(|p| p.args().clone()).unwrap_or_default();
+        // Everything the workload's execve needs is made here, before the clone: the child
+        // allocates nothing (see `init`).
+        let workload = super::init::Workload::new(&args, &wanted)
+            .map_err(|e| ExecutorError::Other(e.to_string()))?;
+        // PID 1's own environment (what it would pass on, were it to exec) is the policy's too.
         for (k, _) in std::env::vars_os().collect::<Vec<_>>() {
             // SAFETY: the init process is single-threaded here.
             unsafe { std::env::remove_var(k) };
         }
-        for (k, v) in wanted {
+        for (k, v) in &wanted {
             // SAFETY: as above.
             unsafe { std::env::set_var(k, v) };
         }
         close_exec_fds();
-        super::init::run_as_init(|| DefaultExecutor {}.exec(spec))
+        super::init::run_as_init(workload)
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {

@@ -214,6 +214,10 @@ pub fn run(req: &RunRequest) -> Result<(Outcome, Vec<String>), RunError> {
         step: "a pty for the caller's terminal".into(),
         source,
     })?;
+    // libcontainer clones this process raw: its children inherit whatever lock another thread
+    // holds at that instant. The network thread has been joined; the warming thread makes only
+    // system calls once quiesced; the audit listeners and the terminal relay start after the build. No other thread
+    // may be alive here (see `init`).
     if let Some(w) = &warm {
         w.quiesce();
     }
