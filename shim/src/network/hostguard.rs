@@ -122,9 +122,10 @@ pub fn register_cmds(g: &Guard) -> Value {
 }
 
 /// The commands removing `link`'s element and chain; idempotent (each is added first, so a
-/// second removal, or one for a sandbox that never registered, is not an error).
+/// second removal, or one for a sandbox that never registered, is not an error). They need the
+/// table and map: without them there is nothing to remove (see [`unregister`]).
 pub fn unregister_cmds(link: &str) -> Value {
-    let mut cmds = scaffold();
+    let mut cmds = Vec::new();
     cmds.extend([
         json!({"add": chain(link)}),
         json!({"add": element(link)}),
@@ -140,9 +141,21 @@ pub fn register(netns: &Path, g: &Guard) -> Result<(), FenceError> {
     fence::nft_json_in(netns, &register_cmds(g).to_string()).map(|_| ())
 }
 
-/// Removes `link`'s chain and element from the host namespace at `netns`.
+/// Removes `link`'s chain and element from the host namespace at `netns`. Where the table was
+/// never made there is nothing to remove, and it is not made for that (a sweep of a dead
+/// runner's namespaces leaves a host without sandboxes as it was).
 pub fn unregister(netns: &Path, link: &str) -> Result<(), FenceError> {
-    fence::nft_json_in(netns, &unregister_cmds(link).to_string()).map(|_| ())
+    match fence::nft_json_in(netns, &unregister_cmds(link).to_string()) {
+        Err(FenceError::Nft(e)) => {
+            let listed =
+                json!({"nftables": [{"list": {"table": {"family": "inet", "name": HOST_TABLE}}}]});
+            match fence::nft_json_in(netns, &listed.to_string()) {
+                Err(FenceError::Nft(_)) => Ok(()),
+                _ => Err(FenceError::Nft(e)),
+            }
+        }
+        other => other.map(|_| ()),
+    }
 }
 
 /// [`register`] in the host's own namespace.
@@ -279,6 +292,10 @@ mod tests {
         );
         // A scratch namespace stands in for the host's.
         let ns = Netns::new("reg");
+        // Removing where nothing was ever registered is no error and makes nothing.
+        unregister(&ns.path(), "acaaaaaaaaaaaa").unwrap();
+        let tables = fence::nft_in(&ns.path(), &["list", "tables"], None).unwrap();
+        assert!(!tables.contains(HOST_TABLE), "{tables}");
         let (a, b) = (guard("acaaaaaaaaaaaa"), guard("acbbbbbbbbbbbb"));
         // Concurrent registrations (threads: the in-process path serializes them, the command
         // path does not) both land.
