@@ -69,9 +69,9 @@ fn scaffold() -> Vec<Value> {
     ]
 }
 
-/// The base chain's one rule. Every registration flushes the base chain and adds it again in
-/// the same transaction (atomic: no instant without it), so however registrations interleave
-/// there is exactly one.
+/// The base chain's one rule, added by the transaction that creates the table (`create`, not
+/// `add`: of two sandboxes making it at once one fails and joins the other's), so there is
+/// exactly one however registrations interleave.
 fn dispatch() -> Value {
     rule(
         BASE,
@@ -79,14 +79,22 @@ fn dispatch() -> Value {
     )
 }
 
-/// The commands registering `g` (its chain, rules and map element), replacing a chain of the
-/// same name a dead runner left, and the base chain's dispatch rule.
-pub fn register_cmds(g: &Guard) -> Value {
-    let mut cmds = scaffold();
-    cmds.push(json!({"flush": chain(BASE)}));
-    cmds.push(dispatch());
+/// The commands registering `g`: its chain, rules and map element; with `create`, first the
+/// table itself with its map, base chain and dispatch rule (failing if the table exists); with
+/// `replace`, the chain's old rules are flushed first (a chain of the same name a dead runner
+/// left). Deleting costs the kernel a grace period (about 10 ms here), so nothing is deleted
+/// unless something is there.
+pub fn register_cmds(g: &Guard, create: bool, replace: bool) -> Value {
+    let mut cmds = Vec::new();
+    if create {
+        cmds.push(json!({"create": table()}));
+        cmds.extend(scaffold().into_iter().skip(1));
+        cmds.push(dispatch());
+    }
     cmds.push(json!({"add": chain(&g.link)}));
-    cmds.push(json!({"flush": chain(&g.link)}));
+    if replace {
+        cmds.push(json!({"flush": chain(&g.link)}));
+    }
     let accept = json!({"accept": null});
     cmds.push(rule(
         &g.link,
@@ -136,9 +144,34 @@ pub fn unregister_cmds(link: &str) -> Value {
     json!({ "nftables": cmds })
 }
 
-/// Registers `g` in the host namespace at `netns` (`/proc/self/ns/net` in production).
+/// Registers `g` in the host namespace at `netns` (`/proc/self/ns/net` in production): one
+/// listing of the table (does it exist, is a chain of this name left?), then one transaction.
 pub fn register(netns: &Path, g: &Guard) -> Result<(), FenceError> {
-    fence::nft_json_in(netns, &register_cmds(g).to_string()).map(|_| ())
+    let listed = json!({"nftables": [{"list": {"table": {"family": "inet", "name": HOST_TABLE}}}]});
+    let (exists, left) = match fence::nft_json_in(netns, &listed.to_string()) {
+        Ok(text) => {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let left = v["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|o| o["chain"]["name"] == g.link.as_str());
+            (true, left)
+        }
+        Err(FenceError::Nft(_)) => (false, false),
+        Err(e) => return Err(e),
+    };
+    if !exists {
+        match fence::nft_json_in(netns, &register_cmds(g, true, false).to_string()) {
+            Ok(_) => return Ok(()),
+            // Made meanwhile by another sandbox: join it (a real error shows again below).
+            Err(FenceError::Nft(e)) => {
+                tracing::debug!(error = %e, "the host guard table appeared meanwhile")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    fence::nft_json_in(netns, &register_cmds(g, false, left).to_string()).map(|_| ())
 }
 
 /// Removes `link`'s chain and element from the host namespace at `netns`. Where the table was
@@ -182,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_sandbox_chain_lets_in_replies_nd_and_the_proxy_then_drops_logged() {
-        let v = register_cmds(&guard("ac0123456789ab"));
+        let v = register_cmds(&guard("ac0123456789ab"), true, false);
         let cmds = v["nftables"].as_array().unwrap();
         let rules: Vec<String> = cmds
             .iter()
@@ -218,16 +251,24 @@ mod tests {
             .rposition(|c| c["add"].get("rule").is_some())
             .unwrap();
         assert!(el > last_rule);
-        // The base chain is rewritten whole, in the same transaction.
-        let flush = cmds
-            .iter()
-            .position(|c| c.pointer("/flush/chain/name") == Some(&json!(BASE)))
-            .unwrap();
-        let vmap = cmds
-            .iter()
-            .position(|c| c.to_string().contains("vmap"))
-            .unwrap();
-        assert!(flush < vmap);
+        // The table is created (not added) by the transaction that adds the dispatch rule, and
+        // nothing is flushed or deleted on the way.
+        assert!(cmds[0].get("create").is_some(), "{}", cmds[0]);
+        assert!(
+            cmds.iter()
+                .all(|c| c.get("flush").is_none() && c.get("delete").is_none())
+        );
+        // Joining a made table touches only the sandbox's own chain and element; replacing a
+        // left chain flushes it before its rules.
+        let join = register_cmds(&guard("ac0123456789ab"), false, false).to_string();
+        assert!(!join.contains("vmap") && !join.contains("\"table\":{") && !join.contains("flush"));
+        let again = register_cmds(&guard("ac0123456789ab"), false, true);
+        let again = again["nftables"].as_array().unwrap();
+        assert_eq!(
+            again[1].pointer("/flush/chain/name"),
+            Some(&json!("ac0123456789ab"))
+        );
+        assert!(again[2].pointer("/add/rule").is_some());
     }
 
     #[test]

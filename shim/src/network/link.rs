@@ -339,14 +339,27 @@ impl SandboxNet {
 
     /// Deleting the namespace deletes its end of the veth, and so the pair.
     pub fn destroy(&self) {
-        if self
+        // Removing the host guard's chain costs the kernel a grace period (about 10 ms here), as
+        // deleting the link does: the two overlap.
+        let guard = self
             .host_guard
             .swap(false, std::sync::atomic::Ordering::SeqCst)
-            && let Some(up) = &self.uplink
-            && let Err(e) = super::hostguard::remove(&up.host_if)
-        {
-            tracing::warn!(error = %e, link = %up.host_if, "removing the sandbox's host guard");
+            .then(|| self.uplink.as_ref().map(|up| up.host_if.clone()))
+            .flatten()
+            .map(|link| {
+                std::thread::spawn(move || {
+                    if let Err(e) = super::hostguard::remove(&link) {
+                        tracing::warn!(error = %e, %link, "removing the sandbox's host guard");
+                    }
+                })
+            });
+        self.destroy_rest();
+        if let Some(t) = guard {
+            let _ = t.join();
         }
+    }
+
+    fn destroy_rest(&self) {
         if self.proxy_forward {
             let _ = run("nft", &["delete", "table", "ip", &host_table(&self.name)]);
         }
