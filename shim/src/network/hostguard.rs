@@ -9,8 +9,9 @@
 //! sends each packet, by the link it arrived on, through a verdict map (`links`) to that
 //! sandbox's own chain (named after its link). Each sandbox adds and removes only its own map
 //! element and chain, each in one transaction, so concurrent sandboxes never touch each other's
-//! rules; the table, map and base chain are added with `add` (a no-op when present), so whoever
-//! comes first makes them. They stay once made: with no sandbox running the map is empty and
+//! rules; the table, map and base chain are made by the first sandbox to find them missing, in a
+//! transaction that `create`s the table (of two at once, one fails and joins the other's). They
+//! stay once made: with no sandbox running the map is empty and
 //! the base chain matches nothing (removing them when the last sandbox ends would race with one
 //! starting). Pure rule text here, the effect in [`apply`].
 
@@ -56,7 +57,7 @@ fn rule(chain: &str, expr: Vec<Value>) -> Value {
     json!({"add": {"rule": {"family": "inet", "table": HOST_TABLE, "chain": chain, "expr": expr}}})
 }
 
-/// Table, map and base chain: `add` is a no-op for what exists, so every sandbox sends them.
+/// Table, map and base chain (the table's `add` is replaced by `create` where it is made).
 fn scaffold() -> Vec<Value> {
     vec![
         json!({"add": table()}),
