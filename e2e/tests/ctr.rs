@@ -96,6 +96,23 @@ fn egress_is_fenced_by_the_policy() {
 }
 
 #[test]
+fn net_raw_is_dropped_and_ping_keeps_its_icmp_sockets() {
+    // ctr's default spec grants CAP_NET_RAW (bit 13); the pod did not ask to keep it.
+    let c = Containerd::start("ctr-netraw");
+    let r = run(
+        &c,
+        "raw1",
+        &policy(),
+        "b=$(sed -n 's/^CapBnd:\t//p' /proc/self/status); \
+         if [ $(( 0x$b & 0x2000 )) -eq 0 ]; then echo NO-NET-RAW; else echo HAS-NET-RAW; fi; \
+         echo \"RANGE $(cat /proc/sys/net/ipv4/ping_group_range)\"",
+    );
+    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    assert!(r.stdout.contains("NO-NET-RAW"), "{}", r.stdout);
+    assert!(r.stdout.contains("RANGE 0\t2147483647"), "{}", r.stdout);
+}
+
+#[test]
 fn the_timeout_kills_the_container() {
     let c = Containerd::start("ctr-timeout");
     let mut p = policy();

@@ -435,3 +435,106 @@ fn the_plan_seccomp_refusals_hold_in_the_guest() {
     assert!(rw.join("planted").exists(), "the probe wrote nothing");
     assert_nothing_left();
 }
+
+#[test]
+fn the_guest_cannot_reach_an_address_the_host_gains_after_the_start() {
+    let _vm = setup();
+    let _h = TestHost::new(71, &[8080]);
+    let port = 16000 + (std::process::id() % 1000) as u16;
+    // A banner on every address of the host itself.
+    let mut listener = std::process::Command::new("python3")
+        .args(["-c", &format!(
+            "import socket\ns=socket.socket(socket.AF_INET6);s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('::',{port}));s.listen(8)\nprint('ready',flush=True)\nwhile True:\n c,_=s.accept();c.sendall(b'HOST-BANNER\\n');c.close()"
+        )])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(listener.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let f = Fixture::new("vm-late-host");
+    // The guest asks again and again (the address appears while it runs): one banner is enough
+    // for the attack.
+    let script = f.write(
+        "probe/late.py",
+        &format!(
+            "import socket, time\nfor _ in range(12):\n    try:\n        s = socket.create_connection(('198.18.78.1', {port}), timeout=1.0); s.settimeout(1.0)\n        print('LATE', s.recv(64).decode().strip()); break\n    except Exception:\n        time.sleep(0.5)\nelse:\n    print('LATE BLOCKED')\ntry:\n    s = socket.create_connection(('198.18.71.2', 8080), timeout=2.0); s.settimeout(2.0)\n    print('CONTROL', s.recv(64).decode().strip())\nexcept Exception:\n    print('CONTROL BLOCKED')\n"
+        ),
+    );
+    let p = f.policy(
+        &json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [f.p("probe")]},
+        "network": {"egress": {"default": "allow"}}}),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_agentcell"))
+        .args([
+            "--log",
+            "agentcell=info",
+            "run",
+            "--isolation",
+            "microvm",
+            "--policy",
+            &p,
+            "--",
+        ])
+        .args(["python3", script.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    RUNS.lock().unwrap().push(child.id());
+    // The fence is in place before the VM boots: the address comes after.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut l = String::new();
+        if std::io::BufRead::read_line(&mut err, &mut l).unwrap() == 0 {
+            panic!("the run ended before booting: {log}");
+        }
+        log.push_str(&l);
+        if l.contains("booting the micro-VM") {
+            break;
+        }
+    }
+    let (a, b) = (
+        format!("acvml{}", std::process::id() % 100000),
+        format!("acvmp{}", std::process::id() % 100000),
+    );
+    let ip = |args: &[&str]| {
+        assert!(
+            std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap()
+                .success(),
+            "ip {args:?}"
+        )
+    };
+    ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+    ip(&["addr", "add", "198.18.78.1/32", "dev", &a]);
+    ip(&["link", "set", &a, "up"]);
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+        rest
+    });
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let status = child.wait().unwrap();
+    let rest = drain.join().unwrap();
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &a])
+        .status();
+    let _ = listener.kill();
+    let _ = listener.wait();
+    assert!(status.success(), "{log}{rest}");
+    assert!(out.contains("CONTROL BANNER-8080"), "the control: {out}");
+    assert!(
+        out.contains("LATE BLOCKED"),
+        "the guest reached an address the host gained after the start: {out}"
+    );
+    assert_nothing_left();
+}

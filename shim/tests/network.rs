@@ -211,8 +211,9 @@ fn links_and_namespaces_are_gone_after_exit() {
             .stdout,
     )
     .unwrap();
+    // (The host's own guard table, `inet agentcell_host`, may stay: it is shared.)
     assert!(
-        !tables.contains("table inet agentcell"),
+        !tables.lines().any(|l| l.trim() == "table inet agentcell"),
         "the sandbox's table leaked into the host namespace: {tables}"
     );
 }
@@ -470,4 +471,385 @@ fn default_deny_blocks_everything() {
         ],
     );
     assert!(got.values().all(|v| v == "BLOCKED"), "{got:?}");
+}
+
+/// The workload of the reachability attacks: waits for the test to write its targets (the
+/// attacks need things that exist only after the sandbox started), then per line `tcp H:P`
+/// reports the banner or BLOCKED, `udp H:P` sends marked datagrams (broadcast allowed) and
+/// reports the answer, SENT (none) or ERROR (the send was refused).
+const LATE_PROBE: &str = r#"
+import os, socket, sys, time
+go = sys.argv[1]
+print("waiting", flush=True)
+for _ in range(1200):
+    if os.path.exists(go):
+        break
+    time.sleep(0.05)
+time.sleep(0.1)
+for t in open(go).read().split("\n"):
+    if not t:
+        continue
+    kind, target = t.split(" ", 1)
+    host, port = target.rsplit(":", 1)
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if kind == "tcp":
+        try:
+            s = socket.create_connection((host, int(port)), timeout=1.0)
+            s.settimeout(1.0)
+            print(t, s.recv(64).decode().strip() or "NO-BANNER", flush=True)
+        except Exception:
+            print(t, "BLOCKED", flush=True)
+    else:
+        try:
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            if fam == socket.AF_INET:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.settimeout(1.0)
+            addr = socket.getaddrinfo(host, int(port), fam, socket.SOCK_DGRAM)[0][4]
+            for _ in range(3):
+                s.sendto(("SANDBOX-DATAGRAM " + t).encode(), addr)
+            try:
+                data, _ = s.recvfrom(64)
+                print(t, data.decode().strip(), flush=True)
+            except Exception:
+                print(t, "SENT", flush=True)
+        except Exception as e:
+            print(t, "ERROR", type(e).__name__, flush=True)
+print("done", flush=True)
+"#;
+
+/// A listener on the host itself: a TCP banner on every address (both families), and UDP on
+/// every address reporting each datagram it receives (`GOT ...`) until an `END` on each family.
+const HOST_LISTENER: &str = r#"
+import socket, sys, threading
+tcp_port, udp_port = int(sys.argv[1]), int(sys.argv[2])
+t = socket.socket(socket.AF_INET6); t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); t.bind(("::", tcp_port)); t.listen(16)
+def serve():
+    while True:
+        c, _ = t.accept(); c.sendall(b"HOST-BANNER\n"); c.close()
+threading.Thread(target=serve, daemon=True).start()
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u4.bind(("0.0.0.0", udp_port))
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); u6.bind(("::", udp_port))
+lock = threading.Lock()
+def receive(s):
+    while True:
+        data, peer = s.recvfrom(512)
+        with lock:
+            print("GOT" if data != b"END" else "END", data.decode(errors="replace"), peer[0], flush=True)
+        if data == b"END":
+            return
+threads = [threading.Thread(target=receive, args=(s,)) for s in (u4, u6)]
+for th in threads: th.start()
+print("ready", flush=True)
+for th in threads: th.join()
+"#;
+
+/// Removes ANSI colour sequences from a log line.
+fn plain(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A running `agentcell run` (debug log), with its link's names and addresses as it logged them.
+struct Running {
+    child: Option<std::process::Child>,
+    fields: std::collections::BTreeMap<String, String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test does not leave the sandbox running.
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Kills a helper process on drop (a failed assertion leaves nothing listening).
+struct Reaped(std::process::Child);
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn start(policy: &str, argv: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_agentcell"))
+            .args(["--log", "agentcell=debug", "run", "--policy", policy, "--"])
+            .args(argv)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = stderr.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok)
+            {
+                let line = plain(&line);
+                if !sent && line.contains("sandbox_ip=") {
+                    let fields: std::collections::BTreeMap<String, String> = line
+                        .split_whitespace()
+                        .filter_map(|w| w.split_once('='))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    let _ = tx.send(fields);
+                    sent = true;
+                }
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let fields = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no link logged: {}", stderr.lock().unwrap()));
+        Self {
+            child: Some(child),
+            fields,
+        }
+    }
+
+    fn field(&self, key: &str) -> &str {
+        self.fields
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} in {:?}", self.fields))
+    }
+
+    /// Waits for the run to end; its exit code and stdout.
+    fn finish(&mut self) -> (i32, String) {
+        let mut child = self.child.take().expect("running");
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+        let status = child.wait().unwrap();
+        (status.code().unwrap_or(-1), out)
+    }
+}
+
+/// The link-local address of `dev` (in `netns`, or the host's with `None`) once it is out of
+/// duplicate address detection (a tentative source cannot be used, which would fake a block).
+fn link_local(netns: Option<&str>, dev: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let mut cmd = Command::new("ip");
+        if let Some(n) = netns {
+            cmd.args(["-n", n]);
+        }
+        let out = cmd
+            .args(["-6", "-o", "addr", "show", "dev", dev, "scope", "link"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if !text.is_empty() && !text.contains("tentative") {
+            let addr = text
+                .split_whitespace()
+                .skip_while(|w| *w != "inet6")
+                .nth(1)
+                .unwrap();
+            return addr.split('/').next().unwrap().to_string();
+        }
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "no usable link-local address on {dev}: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Removes a host interface (and its peer) on drop.
+struct Dummy(String);
+impl Drop for Dummy {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn the_host_is_closed_by_where_traffic_goes_not_by_the_addresses_it_had_at_start() {
+    require_root();
+    let _h = TestHost::new(19, &[8080]);
+    let (tcp_port, udp_port) = (
+        14000 + (std::process::id() % 1000) as u16,
+        15000 + (std::process::id() % 1000) as u16,
+    );
+    let mut listener = Reaped(
+        Command::new("python3")
+            .args([
+                "-c",
+                HOST_LISTENER,
+                &tcp_port.to_string(),
+                &udp_port.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut heard = std::io::BufReader::new(listener.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut heard, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    // Sandbox A: everything allowed but the host (hostLoopback deny by default).
+    let fa = Fixture::new("net-reach-a");
+    let script = fa.write("probe/probe.py", LATE_PROBE);
+    let go = fa.path("probe/go");
+    let pa = fa.policy(
+        &json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [fa.p("probe")]},
+        "network": {"egress": {"default": "allow"}}}),
+    );
+    let mut a = Running::start(
+        &pa,
+        &["python3", script.to_str().unwrap(), go.to_str().unwrap()],
+    );
+
+    // After A started: an address the host gains (on a link of its own: a veth pair, both ends
+    // on the host), and a second sandbox (its gateway is one).
+    let dummy = Dummy(format!("acdum{}", std::process::id() % 100000));
+    let peer = format!("acdup{}", std::process::id() % 100000);
+    for args in [
+        vec![
+            "link", "add", &dummy.0, "type", "veth", "peer", "name", &peer,
+        ],
+        vec!["addr", "add", "198.18.77.1/32", "dev", &dummy.0],
+        vec!["link", "set", &dummy.0, "up"],
+    ] {
+        assert!(
+            Command::new("ip").args(&args).status().unwrap().success(),
+            "ip {args:?}"
+        );
+    }
+    let fb = Fixture::new("net-reach-b");
+    fb.mkdir("wait");
+    let stop = fb.path("wait/stop");
+    let pb = fb.policy(
+        &json!({"version": "1.0.0", "filesystem": {"readonlyPaths": [fb.p("wait")]},
+        "network": {"egress": {"default": "allow"}}}),
+    );
+    let mut b = Running::start(
+        &pb,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "i=0; while [ ! -e {} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done",
+                stop.display()
+            ),
+        ],
+    );
+
+    let host_end = link_local(None, a.field("link"));
+    // The sandbox's own end too: a tentative source would fail the connection by itself.
+    link_local(Some(a.field("netns")), "eth0");
+    let sandbox_ip: std::net::Ipv4Addr = a.field("sandbox_ip").parse().unwrap();
+    let subnet_broadcast = std::net::Ipv4Addr::from(u32::from(sandbox_ip) | 3);
+    let targets = [
+        "tcp 198.18.19.2:8080".to_string(),
+        "udp 198.18.19.2:8080".to_string(),
+        format!("tcp {host_end}%eth0:{tcp_port}"),
+        format!("tcp 198.18.77.1:{tcp_port}"),
+        format!("tcp {}:{tcp_port}", b.field("host_ip")),
+        format!("udp 255.255.255.255:{udp_port}"),
+        format!("udp {subnet_broadcast}:{udp_port}"),
+        format!("udp 224.0.0.1:{udp_port}"),
+        format!("udp ff02::1%eth0:{udp_port}"),
+    ];
+    let links = [a.field("link").to_string(), b.field("link").to_string()];
+    std::fs::write(&go, targets.join("\n") + "\n").unwrap();
+    let (code, out) = a.finish();
+    std::fs::write(&stop, "").unwrap();
+    let (b_code, _) = b.finish();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(b_code, 0);
+    let got: std::collections::BTreeMap<String, String> = out
+        .lines()
+        .filter_map(|l| {
+            let (kind, rest) = l.split_once(' ')?;
+            let (target, outcome) = rest.split_once(' ')?;
+            Some((format!("{kind} {target}"), outcome.to_string()))
+        })
+        .collect();
+
+    // What arrived at the host's UDP sockets before the test's own END on each family.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for to in ["127.0.0.1", "::1"] {
+        let s = std::net::UdpSocket::bind(if to.contains(':') {
+            "[::1]:0"
+        } else {
+            "127.0.0.1:0"
+        })
+        .unwrap();
+        s.send_to(b"END", (to, udp_port)).unwrap();
+    }
+    let mut datagrams = String::new();
+    std::io::Read::read_to_string(&mut heard, &mut datagrams).unwrap();
+    let _ = listener.0.wait();
+
+    // The control: allowed destinations work, so the blocks below are the fence's.
+    assert_eq!(got[&targets[0]], "BANNER-8080", "{got:#?}");
+    assert_eq!(got[&targets[1]], "BANNER-8080", "{got:#?}");
+    // Every attack is checked before any assertion fails, so a failure shows them all.
+    let mut open = Vec::new();
+    for (t, what) in [
+        (
+            &targets[2],
+            "the link-local address of the host's end of the link",
+        ),
+        (
+            &targets[3],
+            "an address the host gained after the sandbox started",
+        ),
+        (&targets[4], "another sandbox's gateway"),
+    ] {
+        if got.get(t).map(String::as_str) != Some("BLOCKED") {
+            open.push(format!("{what} ({t}): {:?}", got.get(t)));
+        }
+    }
+    for t in &targets[5..] {
+        assert!(got.contains_key(t), "{t} not sent: {got:#?}");
+    }
+    for l in datagrams.lines().filter(|l| l.starts_with("GOT")) {
+        open.push(format!("broadcast or multicast reached the host: {l}"));
+    }
+    assert!(
+        open.is_empty(),
+        "the host is reachable:\n{}\n{got:#?}",
+        open.join("\n")
+    );
+    assert_eq!(
+        datagrams.lines().filter(|l| l.starts_with("END")).count(),
+        2,
+        "both listeners heard the test's own END: {datagrams}"
+    );
+
+    // Both sandboxes took their host-side chains with them.
+    let ruleset = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
+    let ruleset = String::from_utf8_lossy(&ruleset.stdout);
+    for link in &links {
+        assert!(
+            !ruleset.contains(link.as_str()),
+            "{link} left in the host's ruleset: {ruleset}"
+        );
+    }
+    drop(dummy);
 }

@@ -114,7 +114,7 @@ pub struct InstallArgs {
     containerd_version: Option<String>,
     /// Copy this file to /etc/agentcell/shim.toml (checked as the shim reads it); the flags
     /// below build it otherwise.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["default_policy", "allow_best_effort", "cgroup_driver", "idle_exit_seconds"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["default_policy", "allow_best_effort", "allow_net_raw", "cgroup_driver", "idle_exit_seconds"])]
     shim_config_from: Option<PathBuf>,
     /// shim.toml `default_policy`: the policy of pods without one (`preset:NAME`, a path, JSON).
     #[arg(long, value_name = "POLICY")]
@@ -122,6 +122,10 @@ pub struct InstallArgs {
     /// shim.toml `allow_best_effort = true`.
     #[arg(long)]
     allow_best_effort: bool,
+    /// shim.toml `allow_net_raw = true` (pods annotated `agentcell.dev/net-raw: "true"` keep
+    /// CAP_NET_RAW).
+    #[arg(long)]
+    allow_net_raw: bool,
     /// shim.toml `cgroup_driver`.
     #[arg(long, value_enum)]
     cgroup_driver: Option<CgroupDriver>,
@@ -186,6 +190,9 @@ fn shim_toml_from_flags(a: &InstallArgs) -> String {
     }
     if a.allow_best_effort {
         t.insert("allow_best_effort".into(), true.into());
+    }
+    if a.allow_net_raw {
+        t.insert("allow_net_raw".into(), true.into());
     }
     if let Some(d) = a.cgroup_driver {
         let d = match d {

@@ -14,6 +14,11 @@ pub const POLICY_FOR: &str = "agentcell.dev/mxc-policy.";
 pub const DIGEST: &str = "agentcell.dev/policy-digest";
 /// `"true"`: accept a partial enforcement (only where the node allows best effort).
 pub const BEST_EFFORT: &str = "agentcell.dev/best-effort";
+/// `"true"`: keep CAP_NET_RAW (only where the node allows it). containerd gives every container
+/// CAP_NET_RAW by default, so the capability list cannot say whether a pod asked for it: this
+/// annotation is how it asks. Without it confined containers lose CAP_NET_RAW (ping still works
+/// through unprivileged ICMP sockets).
+pub const NET_RAW: &str = "agentcell.dev/net-raw";
 pub const PREFIX: &str = "agentcell.dev/";
 
 /// What containerd's CRI plugin puts on every container it creates.
@@ -24,7 +29,7 @@ pub const CRI_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum AnnotationError {
     #[error(
-        "annotation {key}: unknown key under {PREFIX} (known: {POLICY}, {POLICY_FOR}<container>, {DIGEST}, {BEST_EFFORT})"
+        "annotation {key}: unknown key under {PREFIX} (known: {POLICY}, {POLICY_FOR}<container>, {DIGEST}, {BEST_EFFORT}, {NET_RAW})"
     )]
     UnknownKey { key: String },
     #[error("annotation {key}: {}", render(.error))]
@@ -45,6 +50,10 @@ pub enum AnnotationError {
         "annotation {BEST_EFFORT}: this node does not allow best effort (allow_best_effort in {config})"
     )]
     BestEffortRefused { config: String },
+    #[error(
+        "annotation {NET_RAW}: this node does not allow CAP_NET_RAW in confined containers (allow_net_raw in {config})"
+    )]
+    NetRawRefused { config: String },
     #[error(
         "no policy: the pod has no annotation {POLICY} and this node has no default_policy (in {config})"
     )]
@@ -78,6 +87,8 @@ pub struct Selection {
     /// The container's own document when `agentcell.dev/mxc-policy.<name>` is set.
     pub container: Option<Sourced>,
     pub best_effort: bool,
+    /// Whether the containers keep CAP_NET_RAW: asked for ([`NET_RAW`]) and allowed by the node.
+    pub net_raw: bool,
 }
 
 impl Selection {
@@ -93,6 +104,8 @@ pub struct NodeDefaults {
     /// The default policy's text, for pods without one.
     pub default_policy: Option<String>,
     pub allow_best_effort: bool,
+    /// Honour [`NET_RAW`] (`allow_net_raw` in `shim.toml`).
+    pub allow_net_raw: bool,
     /// Whose verdicts apply (`mxc_release` in `shim.toml`).
     pub mxc_release: MxcRelease,
     /// The configuration file, named in errors.
@@ -130,6 +143,7 @@ pub fn select(
         let known = key == POLICY
             || key == DIGEST
             || key == BEST_EFFORT
+            || key == NET_RAW
             || key
                 .strip_prefix(POLICY_FOR)
                 .is_some_and(|name| !name.is_empty());
@@ -198,10 +212,26 @@ pub fn select(
             });
         }
     };
+    let net_raw = match annotations.get(NET_RAW).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") if node.allow_net_raw => true,
+        Some("true") => {
+            return Err(AnnotationError::NetRawRefused {
+                config: node.config_path.clone(),
+            });
+        }
+        Some(other) => {
+            return Err(AnnotationError::NotABool {
+                key: NET_RAW.into(),
+                value: other.into(),
+            });
+        }
+    };
     Ok(Selection {
         pod,
         container,
         best_effort,
+        net_raw,
     })
 }
 
@@ -273,6 +303,39 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn net_raw_is_kept_only_when_the_pod_asks_and_the_node_allows() {
+        let allowing = NodeDefaults {
+            allow_net_raw: true,
+            ..node()
+        };
+        let asked = ann(&[(POLICY, POD), (NET_RAW, "true")]);
+        // Neither, or only one of the two: not kept (asked on a node that does not allow it is
+        // refused by name, rather than started without what the pod asked for).
+        assert!(
+            !select(&ann(&[(POLICY, POD)]), None, &node())
+                .unwrap()
+                .net_raw
+        );
+        assert!(
+            !select(&ann(&[(POLICY, POD)]), None, &allowing)
+                .unwrap()
+                .net_raw
+        );
+        assert!(
+            !select(&ann(&[(POLICY, POD), (NET_RAW, "false")]), None, &allowing)
+                .unwrap()
+                .net_raw
+        );
+        let e = select(&asked, None, &node()).unwrap_err();
+        assert!(matches!(e, AnnotationError::NetRawRefused { .. }), "{e}");
+        assert!(e.to_string().contains("allow_net_raw"), "{e}");
+        // Both.
+        assert!(select(&asked, None, &allowing).unwrap().net_raw);
+        let e = select(&ann(&[(POLICY, POD), (NET_RAW, "yes")]), None, &allowing).unwrap_err();
+        assert!(matches!(e, AnnotationError::NotABool { .. }), "{e}");
     }
 
     #[test]

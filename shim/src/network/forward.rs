@@ -4,9 +4,12 @@
 //! its VM variant: `egress` and `ingress` become regular chains, a `forward` base chain (policy
 //! drop) jumps to `egress` for traffic from the tap and to `ingress` for traffic to it, and the
 //! namespace's own addresses (the tap side, the uplink) are closed to the guest: `input` accepts
-//! only loopback and replies, `output` only loopback, replies and neighbour discovery (nothing
-//! runs in the namespace but qemu, which has no business on the network). The guest's /30 is
-//! masqueraded to the namespace's uplink address.
+//! only loopback and replies, `output` only loopback, replies and neighbour discovery to
+//! link-scoped destinations (nothing runs in the namespace but qemu, which has no business on the
+//! network). The guest's /30 is masqueraded to the namespace's uplink address. What the guest
+//! sends to link-local, broadcast or multicast destinations is forwarded into `egress`, which
+//! closes them with the host; what reaches the host through the uplink meets the host's guard
+//! ([`super::hostguard`]) like any sandbox's.
 
 use serde_json::{Value, json};
 
@@ -42,8 +45,7 @@ pub fn vm_ruleset(ruleset: Value, tap: &str, guest_net: ipnet::Ipv4Net) -> Value
         }
     }
     let established = json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}});
-    let nd = json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
-        "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report"]}}});
+    let nd = super::nft::nd_types();
     let accept = json!({"accept": null});
     cmds.push(base("vm_forward", "filter", "forward", 0, "drop"));
     cmds.push(rule(
@@ -66,14 +68,16 @@ pub fn vm_ruleset(ruleset: Value, tap: &str, guest_net: ipnet::Ipv4Net) -> Value
         vec![iface("iifname", "==", "lo"), accept.clone()],
     ));
     cmds.push(rule("vm_input", vec![established.clone(), accept.clone()]));
-    cmds.push(rule("vm_input", vec![nd.clone(), accept.clone()]));
+    cmds.push(rule("vm_input", vec![nd, accept.clone()]));
     cmds.push(base("vm_output", "filter", "output", 0, "drop"));
     cmds.push(rule(
         "vm_output",
         vec![iface("oifname", "==", "lo"), accept.clone()],
     ));
-    cmds.push(rule("vm_output", vec![established, accept.clone()]));
-    cmds.push(rule("vm_output", vec![nd, accept]));
+    cmds.push(rule("vm_output", vec![established, accept]));
+    // The namespace's own neighbour discovery, to link-scoped destinations only (the set the
+    // sandbox ruleset defines).
+    cmds.push(rule("vm_output", super::nft::nd_out_accept()));
     cmds.push(base("vm_nat", "nat", "postrouting", 100, "accept"));
     cmds.push(rule(
         "vm_nat",
@@ -140,5 +144,17 @@ mod tests {
             .map(|c| c.to_string())
             .collect();
         assert!(input.iter().all(|r| !r.contains("actap0")), "{input:?}");
+        // The namespace's own neighbour discovery goes to link-scoped destinations only.
+        let output: Vec<String> = cmds
+            .iter()
+            .filter(|c| c["add"]["rule"]["chain"] == "vm_output")
+            .map(|c| c.to_string())
+            .collect();
+        let nd: Vec<&String> = output
+            .iter()
+            .filter(|r| r.contains("nd-neighbor"))
+            .collect();
+        assert!(nd.len() == 1 && nd[0].contains("\"@nd_v6\""), "{output:?}");
+        assert!(cmds.iter().any(|c| c["add"]["set"]["name"] == "nd_v6"));
     }
 }

@@ -47,6 +47,9 @@ pub struct SandboxNet {
     pub uplink: Option<Uplink>,
     /// Whether a host-side proxy forward (table `ip ac_<id>`) was installed.
     proxy_forward: bool,
+    /// Whether the link's chain is registered in the host's guard table
+    /// ([`super::hostguard`]); cleared by the first [`SandboxNet::destroy`].
+    host_guard: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +142,7 @@ where
         name: name.to_string(),
         uplink: None,
         proxy_forward: false,
+        host_guard: std::sync::atomic::AtomicBool::new(false),
     };
     if !uplink {
         then(&mut net)?;
@@ -322,8 +326,40 @@ impl SandboxNet {
         })
     }
 
+    /// Closes the host to what arrives from this sandbox's link but `guard` lets in (before the
+    /// workload starts: a failure fails the start); undone by [`Self::destroy`].
+    pub fn guard_host(&self, guard: &super::hostguard::Guard) -> Result<(), LinkError> {
+        self.host_guard
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        super::hostguard::apply(guard).map_err(|e| LinkError::Command {
+            cmd: format!("nft (host guard of {})", guard.link),
+            message: e.to_string(),
+        })
+    }
+
     /// Deleting the namespace deletes its end of the veth, and so the pair.
     pub fn destroy(&self) {
+        // Removing the host guard's chain costs the kernel a grace period (about 10 ms here), as
+        // deleting the link does: the two overlap.
+        let guard = self
+            .host_guard
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+            .then(|| self.uplink.as_ref().map(|up| up.host_if.clone()))
+            .flatten()
+            .map(|link| {
+                std::thread::spawn(move || {
+                    if let Err(e) = super::hostguard::remove(&link) {
+                        tracing::warn!(error = %e, %link, "removing the sandbox's host guard");
+                    }
+                })
+            });
+        self.destroy_rest();
+        if let Some(t) = guard {
+            let _ = t.join();
+        }
+    }
+
+    fn destroy_rest(&self) {
         if self.proxy_forward {
             let _ = run("nft", &["delete", "table", "ip", &host_table(&self.name)]);
         }
@@ -479,6 +515,7 @@ fn in_netns(netns: &Path, files: &[&str]) -> Result<(), LinkError> {
 /// `delete` after the shim died). Missing parts are not an error.
 pub fn remove(name: &str) {
     let _ = run("nft", &["delete", "table", "ip", &host_table(name)]);
+    let _ = super::hostguard::remove(&host_ifname(name));
     let _ = Rtnl::open().and_then(|mut r| r.del_link(&host_ifname(name)));
     let _ = delete_netns(name);
 }
@@ -604,6 +641,7 @@ pub fn sweep(runner_alive: impl Fn(&str) -> bool) -> Vec<String> {
         .filter(|n| n.starts_with("ac-") && !runner_alive(n))
         .filter(|n| {
             let _ = run("nft", &["delete", "table", "ip", &host_table(n)]);
+            let _ = super::hostguard::remove(&host_ifname(n));
             delete_netns(n).is_ok()
         })
         .collect()

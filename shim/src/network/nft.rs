@@ -3,9 +3,13 @@
 //! proxy endpoint) come in as arguments.
 //!
 //! One `inet` table per sandbox, owned by the runner; the workload has no CAP_NET_ADMIN. Egress:
-//! loopback, established/related, IPv6 neighbour discovery, the host itself (closed by default),
-//! the proxy fence or DNS exemption, deny rules, allow rules, then the default verdict, the same
-//! for IPv4 and IPv6, logged (rate-limited) and counted when it drops. Destinations (the host's
+//! loopback, established/related, IPv6 neighbour discovery (to link-scoped destinations only),
+//! the proxy fence, the host itself (closed by default: its addresses, and every destination
+//! that only the link's far end can receive: link-local, broadcast, multicast), the DNS
+//! exemption, deny rules, allow rules, then the default verdict, the same for IPv4 and IPv6,
+//! logged (rate-limited) and counted when it drops. The host's addresses listed here are those
+//! of the moment the sandbox starts; what the host gains later is closed on the host's side
+//! ([`super::hostguard`]). Destinations (the host's
 //! addresses, the plan's rules) are elements of interval sets matched by a constant number of
 //! rules, so a policy with 100 destinations costs the transaction about what one costs.
 
@@ -32,6 +36,109 @@ pub struct Runtime {
     pub proxy: Option<(IpAddr, u16)>,
     /// The sandbox id, in the prefix of logged drops (so `--audit` keeps only its own).
     pub id: String,
+    /// The subnet broadcast addresses of the namespace's links (its /30's `.3`, a pod's
+    /// CNI subnet): only the link's far end (the host) receives them.
+    pub link_broadcasts: Vec<std::net::Ipv4Addr>,
+    /// The namespace's on-link IPv6 prefixes: neighbour discovery to an address on them (a
+    /// unicast probe of the gateway's global address, the answer to the gateway's solicitation)
+    /// stays on the link, so it is let out with the link-scoped destinations.
+    pub on_link_v6: Vec<ipnet::Ipv6Net>,
+}
+
+/// The ICMPv6 types of neighbour discovery and multicast listener reports, which the kernel
+/// itself sends (and the workload, with CAP_NET_RAW).
+const ND_TYPES: [&str; 5] = [
+    "nd-router-solicit",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "mld-listener-report",
+    "mld2-listener-report",
+];
+
+/// The named set of destinations neighbour discovery may go to.
+pub const ND_SET: &str = "nd_v6";
+
+/// `icmpv6 type { ND and MLD }`.
+pub fn nd_types() -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
+        "right": {"set": ND_TYPES}}})
+}
+
+/// Accepts outgoing neighbour discovery and listener reports only to link-scoped destinations
+/// ([`ND_SET`]): without the limit they are a way out to any address, carrying whatever a
+/// workload with CAP_NET_RAW writes into them.
+pub fn nd_out_accept() -> Vec<Value> {
+    vec![
+        nd_types(),
+        set_match(ND_SET, true, "daddr", false),
+        json!({"accept": null}),
+    ]
+}
+
+/// The destinations of [`ND_SET`]: link-local unicast (fe80::/10), solicited-node multicast
+/// (ff02::1:ff00:0/104), all-nodes, all-routers and MLDv2-capable routers (ff02::1, ff02::2,
+/// ff02::16), and the namespace's on-link prefixes.
+fn nd_destinations(rt: &Runtime) -> Vec<Value> {
+    let fixed = [
+        "fe80::/10",
+        "ff02::1:ff00:0/104",
+        "ff02::1/128",
+        "ff02::2/128",
+        "ff02::16/128",
+    ];
+    let mut ranges: Vec<AddrRange> = fixed
+        .iter()
+        .map(|n| range_of(&n.parse::<IpNet>().expect("a valid prefix")))
+        .collect();
+    ranges.extend(rt.on_link_v6.iter().map(|n| range_of(&IpNet::V6(*n))));
+    merge(ranges)
+        .into_iter()
+        .map(|r| addr_elem(r, true))
+        .collect()
+}
+
+/// Destinations only the far end of the namespace's link can receive, which is the host:
+/// link-local (169.254.0.0/16, fe80::/10), multicast (224.0.0.0/4, ff00::/8), limited and the
+/// links' subnet broadcast. Closed with the host (neighbour discovery, accepted before, is the
+/// one link-scoped traffic a namespace needs).
+fn link_scope_sets(rt: &Runtime) -> Vec<Value> {
+    let mut v4: Vec<AddrRange> = ["169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32"]
+        .iter()
+        .map(|n| range_of(&n.parse::<IpNet>().expect("a valid prefix")))
+        .collect();
+    v4.extend(
+        rt.link_broadcasts
+            .iter()
+            .map(|b| range_of(&IpNet::from(IpAddr::V4(*b)))),
+    );
+    let v6: Vec<AddrRange> = ["fe80::/10", "ff00::/8"]
+        .iter()
+        .map(|n| range_of(&n.parse::<IpNet>().expect("a valid prefix")))
+        .collect();
+    let mut out = Vec::new();
+    for (v6, ranges) in [(false, v4), (true, v6)] {
+        let elems = merge(ranges)
+            .into_iter()
+            .map(|r| addr_elem(r, v6))
+            .collect();
+        out.extend(set_cmds(link_scope_set(v6), v6, false, elems));
+    }
+    out
+}
+
+fn link_scope_set(v6: bool) -> &'static str {
+    if v6 { "link_scope_v6" } else { "link_scope_v4" }
+}
+
+fn link_scope_rules(chain: &str, rt: &Runtime) -> Vec<Value> {
+    [false, true]
+        .into_iter()
+        .map(|v6| {
+            let mut expr = vec![set_match(link_scope_set(v6), v6, "daddr", false)];
+            expr.extend(logged_drop(chain, rt));
+            rule(chain, expr)
+        })
+        .collect()
 }
 
 /// Counter, rate-limited log line and drop: every drop is visible (counters always, the kernel
@@ -358,22 +465,21 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
         json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "egress", "type": "filter", "hook": "output", "prio": 0, "policy": "drop"}}}),
         json!({"add": {"chain": {"family": "inet", "table": TABLE, "name": "ingress", "type": "filter", "hook": "input", "prio": 0, "policy": "drop"}}}),
     ];
+    cmds.extend(set_cmds(ND_SET, true, false, nd_destinations(rt)));
     if plan.host_loopback == Verdict::Drop {
         cmds.extend(host_sets(rt));
+        cmds.extend(link_scope_sets(rt));
     }
     let lo =
         |key: &str| json!({"match": {"op": "==", "left": {"meta": {"key": key}}, "right": "lo"}});
     let established = json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}});
-    let nd = json!({"match": {"op": "==", "left": {"payload": {"protocol": "icmpv6", "field": "type"}},
-        "right": {"set": ["nd-router-solicit", "nd-neighbor-solicit", "nd-neighbor-advert", "mld-listener-report", "mld2-listener-report"]}}});
-
     // Egress.
     cmds.push(rule("egress", vec![lo("oifname"), json!({"accept": null})]));
     cmds.push(rule(
         "egress",
         vec![established.clone(), json!({"accept": null})],
     ));
-    cmds.push(rule("egress", vec![nd.clone(), json!({"accept": null})]));
+    cmds.push(rule("egress", nd_out_accept()));
     // The proxy first: a loopback proxy is reached through the host's side of the link (DNAT
     // below), which the next rules otherwise close.
     if let (Some(_), Some((ip, port))) = (&plan.proxy, rt.proxy) {
@@ -384,6 +490,7 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
     }
     if plan.host_loopback == Verdict::Drop {
         cmds.extend(host_rules("egress", "daddr", rt));
+        cmds.extend(link_scope_rules("egress", rt));
     }
     if plan.dns_exemption {
         for l4 in [L4::Udp, L4::Tcp] {
@@ -401,7 +508,9 @@ pub fn ruleset(plan: &NetworkPlan, rt: &Runtime) -> Value {
         vec![lo("iifname"), json!({"accept": null})],
     ));
     cmds.push(rule("ingress", vec![established, json!({"accept": null})]));
-    cmds.push(rule("ingress", vec![nd, json!({"accept": null})]));
+    // Neighbour discovery arriving is consumed by the namespace's kernel (and its answers go
+    // out through the limited egress rule).
+    cmds.push(rule("ingress", vec![nd_types(), json!({"accept": null})]));
     if plan.host_loopback == Verdict::Drop {
         cmds.extend(host_rules("ingress", "saddr", rt));
     }
@@ -511,6 +620,92 @@ mod tests {
         );
         // Both families share the table, so the default covers IPv6 too.
         assert_eq!(v["nftables"][0]["add"]["table"]["family"], "inet");
+    }
+
+    #[test]
+    fn link_scoped_destinations_are_closed_with_the_host_before_any_rule() {
+        // Everything allowed: link-local, multicast and broadcast still reach only the host.
+        let p = plan(
+            r#"{"version":"1.0.0","network":{"egress":{"default":"allow",
+            "allow":[{"to":[{"cidr":"169.254.169.254/32"},{"cidr":"ff05::1/128"}]}]}}}"#,
+        );
+        let rt = Runtime {
+            host_addresses: vec!["198.19.128.1".parse().unwrap()],
+            link_broadcasts: vec!["198.19.128.3".parse().unwrap()],
+            ..Default::default()
+        };
+        let eg = rules(&ruleset(&p, &rt), "egress");
+        let pos = |needle: &str| {
+            eg.iter()
+                .position(|r| r.contains(needle) && r.contains("\"drop\""))
+                .unwrap_or_else(|| panic!("a drop of {needle} in {eg:#?}"))
+        };
+        let allow = eg
+            .iter()
+            .position(|r| r.contains("169.254.169.254"))
+            .expect("the allow rule");
+        for needle in [
+            "\"169.254.0.0\",\"len\":16",
+            "\"224.0.0.0\",\"len\":4",
+            "\"255.255.255.255\"",
+            "\"198.19.128.3\"",
+            "\"fe80::\",\"len\":10",
+            "\"ff00::\",\"len\":8",
+        ] {
+            assert!(pos(needle) < allow, "{needle} closed before the rules");
+            assert!(eg[pos(needle)].contains("egress-drop"), "{needle} logged");
+        }
+    }
+
+    #[test]
+    fn neighbour_discovery_goes_to_link_scoped_destinations_only() {
+        let p = plan(r#"{"version":"1.0.0","network":{"egress":{"default":"deny"}}}"#);
+        let rt = Runtime {
+            on_link_v6: vec!["fdac:0:5::/64".parse().unwrap()],
+            ..Default::default()
+        };
+        let v = ruleset(&p, &rt);
+        let eg = rules(&v, "egress");
+        let nd: Vec<&String> = eg
+            .iter()
+            .filter(|r| r.contains("nd-neighbor-solicit"))
+            .collect();
+        assert_eq!(nd.len(), 1, "{eg:#?}");
+        let nd = nd[0];
+        for dest in [
+            "{\"prefix\":{\"addr\":\"fe80::\",\"len\":10}}",
+            "{\"prefix\":{\"addr\":\"ff02::1:ff00:0\",\"len\":104}}",
+            "\"ff02::1\"",
+            "\"ff02::2\"",
+            "\"ff02::16\"",
+            "{\"prefix\":{\"addr\":\"fdac:0:5::\",\"len\":64}}",
+        ] {
+            assert!(nd.contains(dest), "{dest} in {nd}");
+        }
+        assert!(nd.contains("\"daddr\""), "limited by destination: {nd}");
+        // Nothing else: no wider prefix slipped in.
+        let set = v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["add"]["element"]["name"] == ND_SET)
+            .unwrap();
+        assert_eq!(
+            set["add"]["element"]["elem"],
+            json!([
+                {"prefix": {"addr": "fdac:0:5::", "len": 64}},
+                {"prefix": {"addr": "fe80::", "len": 10}},
+                {"range": ["ff02::1", "ff02::2"]},
+                "ff02::16",
+                {"prefix": {"addr": "ff02::1:ff00:0", "len": 104}}
+            ])
+        );
+        // Arriving ND is consumed by the namespace's own kernel: not limited.
+        let ing = rules(&v, "ingress");
+        assert!(
+            ing.iter()
+                .any(|r| r.contains("nd-neighbor-advert") && !r.contains("daddr"))
+        );
     }
 
     #[test]

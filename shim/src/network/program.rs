@@ -6,10 +6,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
 use std::path::Path;
 
-use agentcell_policy::plan::net::{NetworkPlan, ProxyFence};
+use agentcell_policy::plan::net::{NetworkPlan, ProxyFence, Verdict};
 
 use super::link::{self, SandboxNet};
-use super::{fence, nft};
+use super::{fence, hostguard, nft};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProgramError {
@@ -63,6 +63,13 @@ pub fn program(
         Attachment::Uplink(net) => {
             if let Some(up) = net.uplink.clone() {
                 rt.host_addresses.push(IpAddr::V4(up.host_ip));
+                // The link's /30: its broadcast is `.3`.
+                rt.link_broadcasts
+                    .push(Ipv4Addr::from(u32::from(up.sandbox_ip) | 3));
+                if let Some((h6, _)) = up.v6 {
+                    rt.on_link_v6
+                        .push(ipnet::Ipv6Net::new(h6, 64).expect("a /64").trunc());
+                }
                 match up.v6 {
                     Some((h6, _)) => rt.host_addresses.push(IpAddr::V6(h6)),
                     None => tracing::warn!(
@@ -79,9 +86,33 @@ pub fn program(
                         proxy_address(p)?
                     });
                 }
+                if plan.host_loopback == Verdict::Drop {
+                    // The host closed by where traffic goes, whatever addresses it has or gains.
+                    let sanctioned = match (&plan.proxy, rt.proxy) {
+                        // After the forward's DNAT, a loopback proxy's connections arrive for
+                        // the host's loopback.
+                        (Some(p), Some((_, port)))
+                            if agentcell_policy::netspec::is_loopback_host(&p.host) =>
+                        {
+                            vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), port)]
+                        }
+                        (Some(_), Some(endpoint)) => vec![endpoint],
+                        _ => Vec::new(),
+                    };
+                    net.guard_host(&hostguard::Guard {
+                        link: up.host_if.clone(),
+                        id: id.to_string(),
+                        sanctioned,
+                    })?;
+                }
             }
         }
         Attachment::Existing => {
+            // A pod's links are CNI's: their broadcast and on-link prefixes are read from the
+            // namespace (the host's side is CNI's too, so no host guard: see the README).
+            let (broadcasts, on_link) = link_scope(netns)?;
+            rt.link_broadcasts = broadcasts;
+            rt.on_link_v6 = on_link;
             if let Some(p) = &plan.proxy {
                 // In a pod, loopback is the pod's own: a proxy there is a sidecar.
                 rt.proxy = Some(if agentcell_policy::netspec::is_loopback_host(&p.host) {
@@ -122,6 +153,37 @@ pub fn program(
     Ok(())
 }
 
+/// The subnet broadcasts and on-link IPv6 prefixes of the addresses in the namespace at `netns`.
+fn link_scope(netns: &Path) -> Result<(Vec<Ipv4Addr>, Vec<ipnet::Ipv6Net>), ProgramError> {
+    let prefixes = super::rtnl::Rtnl::open_in(netns)
+        .and_then(|mut r| r.prefixes())
+        .map_err(|e| link::LinkError::Command {
+            cmd: format!("listing the addresses of {}", netns.display()),
+            message: e.to_string(),
+        })?;
+    Ok(scope_of(&prefixes))
+}
+
+/// Pure: [`link_scope`] of the listed addresses (loopback left out; /31 and /32 have no
+/// broadcast, a /128 no neighbours).
+fn scope_of(prefixes: &[(IpAddr, u8)]) -> (Vec<Ipv4Addr>, Vec<ipnet::Ipv6Net>) {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for (ip, len) in prefixes {
+        match ip {
+            IpAddr::V4(a) if !a.is_loopback() && *len <= 30 => {
+                v4.push(Ipv4Addr::from(u32::from(*a) | (u32::MAX >> len)));
+            }
+            IpAddr::V6(a) if !a.is_loopback() && *len < 128 => {
+                if let Ok(n) = ipnet::Ipv6Net::new(*a, *len) {
+                    v6.push(n.trunc());
+                }
+            }
+            _ => {}
+        }
+    }
+    (v4, v6)
+}
+
 /// A proxy given by address is used as it is; a name is resolved once, now, and pinned.
 fn proxy_address(p: &ProxyFence) -> Result<(IpAddr, u16), ProgramError> {
     let host = p.host.trim_start_matches('[').trim_end_matches(']');
@@ -136,4 +198,27 @@ fn proxy_address(p: &ProxyFence) -> Result<(IpAddr, u16), ProgramError> {
         .ok_or_else(|| ProgramError::ProxyHost(host.to_string()))?;
     tracing::info!(%host, %ip, "proxy host resolved once at start and pinned");
     Ok((ip, p.port))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pods_links_give_their_broadcasts_and_on_link_prefixes() {
+        let (v4, v6) = super::scope_of(&[
+            ("127.0.0.1".parse().unwrap(), 8),
+            ("10.244.1.7".parse().unwrap(), 24),
+            ("10.0.0.5".parse().unwrap(), 32),
+            ("::1".parse().unwrap(), 128),
+            ("fd00:10:244:1::7".parse().unwrap(), 64),
+            ("fd00:10:244:2::7".parse().unwrap(), 128),
+        ]);
+        assert_eq!(
+            v4,
+            vec!["10.244.1.255".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            v6,
+            vec!["fd00:10:244:1::/64".parse::<ipnet::Ipv6Net>().unwrap()]
+        );
+    }
 }

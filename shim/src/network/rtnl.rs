@@ -408,6 +408,11 @@ impl Rtnl {
 
     /// Every address of every link in this namespace (the local address, as `ip addr` shows it).
     pub fn addresses(&mut self) -> Result<Vec<IpAddr>, RtnlError> {
+        Ok(self.prefixes()?.into_iter().map(|(ip, _)| ip).collect())
+    }
+
+    /// [`Self::addresses`] with each one's prefix length.
+    pub fn prefixes(&mut self) -> Result<Vec<(IpAddr, u8)>, RtnlError> {
         let step = "listing addresses";
         let m = Msg::new(
             libc::RTM_GETADDR,
@@ -420,7 +425,7 @@ impl Rtnl {
             if ty != libc::RTM_NEWADDR || body.len() < 8 {
                 return;
             }
-            let family = i32::from(body[0]);
+            let (family, len) = (i32::from(body[0]), body[1]);
             let (mut local, mut address) = (None, None);
             for (aty, data) in attrs(&body[8..]) {
                 let ip = match (family, data.len()) {
@@ -436,7 +441,7 @@ impl Rtnl {
                     _ => {}
                 }
             }
-            out.extend(local.or(address));
+            out.extend(local.or(address).map(|ip| (ip, len)));
         })?;
         Ok(out)
     }
