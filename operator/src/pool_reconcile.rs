@@ -331,10 +331,41 @@ impl<'a> Claim<'a> {
         if prev.claim_to_bound_millis.is_none() {
             ctx.claims_seen.record(&uid, now);
         }
-        if !has_finalizer {
-            c.add_finalizer().await?;
-        }
-        c.bind(&ns).await
+        // The finalizer patch and the reads the bind decides from are independent round trips:
+        // sent together, the claim waits for the slower of them, not for their sum. The bind
+        // itself (a conditional patch of the member) waits for both, so a claim never holds a
+        // member without its finalizer.
+        let pool_name = claim.spec.pool_ref.name.clone();
+        let finalize = async {
+            match has_finalizer {
+                true => Ok(()),
+                false => c.add_finalizer().await,
+            }
+        };
+        let (finalized, read) = futures::join!(finalize, c.read_pool(&ns, &pool_name));
+        finalized?;
+        c.bind(&ns, read?).await
+    }
+
+    /// The pool and its members as the bind sees them (`None` when the pool does not exist).
+    async fn read_pool(
+        &self,
+        ns: &str,
+        pool_name: &str,
+    ) -> Result<Option<(AgentSandboxPool, Vec<AgentSandbox>)>, Error> {
+        let pools: Api<AgentSandboxPool> = Api::namespaced(self.ctx.client.clone(), ns);
+        let members_of = ListParams::default().labels(&members_selector(pool_name));
+        let (pool, members) = futures::join!(
+            get_opt(&pools, pool_name, "agentsandboxpool"),
+            self.sandboxes.list(&members_of)
+        );
+        let Some(pool) = pool? else {
+            return Ok(None);
+        };
+        let members = members
+            .map_err(kube_err(format!("list members of pool {pool_name}")))?
+            .items;
+        Ok(Some((pool, members)))
     }
 
     async fn add_finalizer(&self) -> Result<(), Error> {
@@ -353,11 +384,14 @@ impl<'a> Claim<'a> {
         Ok(())
     }
 
-    async fn bind(mut self, ns: &str) -> Result<Action, Error> {
+    async fn bind(
+        mut self,
+        ns: &str,
+        read: Option<(AgentSandboxPool, Vec<AgentSandbox>)>,
+    ) -> Result<Action, Error> {
         let prev = self.claim.status.clone().unwrap_or_default();
-        let pools: Api<AgentSandboxPool> = Api::namespaced(self.ctx.client.clone(), ns);
         let pool_name = &self.claim.spec.pool_ref.name;
-        let Some(pool) = get_opt(&pools, pool_name, "agentsandboxpool").await? else {
+        let Some((pool, members)) = read else {
             if prev.sandbox.is_some() {
                 // Bound already: the pool is no longer needed.
                 return self.refresh(prev).await;
@@ -371,12 +405,6 @@ impl<'a> Claim<'a> {
             self.write(AgentSandboxClaimStatus::default()).await?;
             return Ok(Action::requeue(RETRY_MISSING));
         };
-        let members = self
-            .sandboxes
-            .list(&ListParams::default().labels(&members_selector(pool_name)))
-            .await
-            .map_err(kube_err(format!("list members of pool {pool_name}")))?
-            .items;
         if let Some(mine) = pool::held_by(&members, self.claim) {
             return self.bound(mine.clone(), prev).await;
         }

@@ -510,6 +510,31 @@ async fn claim_adds_its_finalizer_and_binds_one_ready_member() {
     );
 }
 
+/// The finalizer patch and the bind's reads are one round trip, not three: the pool and its
+/// members are asked for while the finalizer's answer is still out; the bind waits for it.
+#[tokio::test]
+async fn a_claim_reads_its_pool_while_its_finalizer_is_on_the_way() {
+    let (ctx, mut api, _) = context(NOW);
+    let p = warm_pool(1);
+    let action = run_claim(claim("c1", false, None), ctx, async {
+        let finalizer = api.expect(Method::PATCH, &claim_path("c1")).await;
+        // Unanswered: the reads arrive anyway.
+        api.expect(Method::GET, &pool_path())
+            .await
+            .reply(200, serde_json::to_value(&p).unwrap());
+        api.expect_list(LIST_FRESH, vec![member(&p, "warm-a", "1", true)])
+            .await;
+        finalizer.reply(200, serde_json::to_value(claim("c1", true, None)).unwrap());
+        let b = api.expect(Method::PATCH, &member_path("warm-a")).await;
+        assert_bind(&b, "c1", "1");
+        b.reply(200, claimed_by(member(&p, "warm-a", "2", true), "c1"));
+        let st = api.expect_claim_status("c1").await;
+        assert_eq!(st["sandbox"], "warm-a");
+    })
+    .await;
+    assert_eq!(action, Action::await_change());
+}
+
 #[tokio::test]
 async fn claim_lifetime_goes_on_the_bound_sandbox() {
     let (ctx, mut api, _) = context(NOW);
@@ -699,6 +724,8 @@ async fn claim_of_a_missing_pool_waits() {
     let (ctx, mut api, _) = context(NOW);
     let action = run_claim(claim("c1", true, None), ctx, async {
         api.expect(Method::GET, &pool_path()).await.not_found();
+        // The member list is read beside the pool (one round trip for both); unused here.
+        api.expect_list(LIST_FRESH, vec![]).await;
         let st = api.expect_claim_status("c1").await;
         assert_eq!(cond(&st, "Bound").1, "PoolNotFound");
     })
