@@ -201,3 +201,38 @@ impl PodView {
         resolve::verify(Path::new(&format!("/proc/{pid}/root")), &targets)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod mount's source with a symlink on the way, or a symlink on the way to a mask inside
+    /// a kept mount, refuses the create naming the path (before anything is staged).
+    #[test]
+    fn a_symlink_in_a_source_or_above_a_mask_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("ac-podview-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tree/real/secret")).unwrap();
+        std::os::unix::fs::symlink("/", dir.join("tree/swapped")).unwrap();
+        let bind = |src: PathBuf, dst: &str| json!({"destination": dst, "type": "bind", "source": src, "options": ["rbind", "rw"]});
+        let mut spec = json!({"mounts": [bind(dir.join("tree/swapped"), "/data")]});
+        let err = stage(&mut spec, &["/data".into()], &dir.join("state")).err();
+        assert!(
+            matches!(&err, Some(ResolveError::SourceSymlink { path, dest }) if path.ends_with("tree/swapped") && dest == "/data"),
+            "{err:?}"
+        );
+        let mut spec = json!({"mounts": [
+            bind(dir.join("tree"), "/work"),
+            {"destination": "/work/swapped/secret", "type": "tmpfs", "source": "tmpfs", "options": ["ro"]},
+        ]});
+        let err = stage(&mut spec, &["/work".into()], &dir.join("state")).err();
+        assert!(
+            matches!(&err, Some(ResolveError::Symlink { path }) if path.ends_with("tree/swapped/secret")),
+            "{err:?}"
+        );
+        // A mount confinement did not keep is not the pod view's business.
+        let mut spec = json!({"mounts": [bind(dir.join("tree/swapped"), "/data")]});
+        assert!(stage(&mut spec, &[], &dir.join("state")).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
