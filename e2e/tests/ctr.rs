@@ -455,3 +455,112 @@ fn five_hundred_concurrent_execs_into_a_busy_shim_all_return() {
     assert!(c.wait_stopped(), "{}", c.ctr(&["tasks", "ls"]).stdout);
     assert_eq!(c.ctr(&["tasks", "delete", "st1"]).code, 0);
 }
+
+/// Issue 15, class 1, through the shim: a workload of one pod can write a host tree that
+/// another pod mounts (a shared hostPath or emptyDir). While a loop swaps a subdirectory of that
+/// tree with a symlink to the host's `/` (`renameat2(RENAME_EXCHANGE)`), containers start with
+/// that subdirectory as a bind source (`/data`) and the whole tree at `/work` with a denied path
+/// inside the subdirectory. The shim resolves each source once and mounts what it resolved;
+/// every container either runs with a clean view (no host file through `/data`, the denied token
+/// masked) or is refused, naming the path. Before the fix the runtime bound the source by its
+/// name and followed the symlink: the host's `/` at `/data`.
+#[test]
+fn pod_mounts_swapped_for_a_symlink_never_expose_the_host() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const STARTS: usize = 24;
+    let c = Containerd::start("ctr-race");
+    let tree = c.dir.join("tree");
+    std::fs::create_dir_all(tree.join("sub/secret")).unwrap();
+    std::fs::write(tree.join("sub/secret/token"), "DENIED-TOKEN\n").unwrap();
+    std::fs::write(tree.join("sub/inside"), "inside\n").unwrap();
+    std::os::unix::fs::symlink("/", tree.join("swap")).unwrap();
+    // A host file outside every view: seen through `/data` only if the host's `/` is there.
+    let marker = c.dir.join("outside-marker");
+    std::fs::write(&marker, "HOST-MARKER\n").unwrap();
+    let rootfs = image::rootfs(&c.dir.join("rootfs-race"));
+    let policy = json!({"version": "1.0.0",
+        "filesystem": {"readwritePaths": ["/work", "/data"], "deniedPaths": ["/work/sub/secret"]},
+        "network": {"egress": {"default": "deny"}}});
+    let script = format!(
+        "if test -e /data{m}; then echo LEAK-HOST-ROOT; fi; \
+         for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do \
+           cat /work/sub/secret/token 2>/dev/null; test -e /data{m} && echo LEAK-HOST-ROOT; \
+         done; cat /data/inside 2>/dev/null; echo RAN",
+        m = marker.display()
+    );
+    let cstr = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let (a, b) = (cstr(&tree.join("sub")), cstr(&tree.join("swap")));
+    let stop = AtomicBool::new(false);
+    let (mut ran, mut refused) = (0, 0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: two NUL-terminated paths; RENAME_EXCHANGE swaps the two names.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_renameat2,
+                        libc::AT_FDCWD,
+                        a.as_ptr(),
+                        libc::AT_FDCWD,
+                        b.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+            }
+        });
+        for i in 0..STARTS {
+            let id = format!("race{i}");
+            let src_sub = format!(
+                "type=bind,src={},dst=/data,options=rbind:rw",
+                tree.join("sub").display()
+            );
+            let src_tree = format!(
+                "type=bind,src={},dst=/work,options=rbind:rw",
+                tree.display()
+            );
+            let r = c.ctr(&[
+                "run",
+                "--rm",
+                "--runtime",
+                RUNTIME,
+                "--annotation",
+                &annotation(&policy),
+                "--mount",
+                &src_sub,
+                "--mount",
+                &src_tree,
+                "--rootfs",
+                rootfs.to_str().unwrap(),
+                &id,
+                "/bin/sh",
+                "-c",
+                &script,
+            ]);
+            let seen = format!("{}{}", r.stdout, r.stderr);
+            assert!(
+                !seen.contains("LEAK-HOST-ROOT") && !seen.contains("HOST-MARKER"),
+                "{id}: the host's / was mounted into the container: {r:?}"
+            );
+            assert!(
+                !seen.contains("DENIED-TOKEN"),
+                "{id}: the denied token was readable: {r:?}"
+            );
+            if r.code == 0 && r.stdout.contains("RAN") {
+                ran += 1;
+            } else {
+                // Refused: the create names the path it would not follow.
+                assert!(
+                    r.stderr.contains("symlink") || r.stderr.contains("does not hold"),
+                    "{id}: neither ran nor refused with a reason: {r:?}\n{}",
+                    c.log()
+                );
+                refused += 1;
+                let _ = c.ctr(&["containers", "rm", &id]);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    eprintln!("{ran} ran with a clean view, {refused} refused");
+    assert_eq!(ran + refused, STARTS);
+}

@@ -65,6 +65,9 @@ pub struct Confined {
     pub landlock: LandlockRules,
     /// What was dropped or narrowed, for the log and `explain`.
     pub notes: Vec<String>,
+    /// The destinations of the pod's mounts that were kept (host paths the runtime would bind
+    /// by name: `podview` stages them), and of the masks inside them.
+    pub pod_mounts: Vec<String>,
 }
 
 pub struct Input<'a> {
@@ -137,6 +140,7 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
         netns: None,
     });
     let mut notes = Vec::new();
+    let mut pod_mounts = Vec::new();
 
     // The process: what the image and pod spec say, with the plan's environment, working
     // directory (when the policy sets one), and no privilege gain.
@@ -274,9 +278,14 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
         }
         if RESOLVER_FILES.contains(&dest.as_str()) {
             ordered.push((depth_of(&dest), 1, read_only(m.clone())));
+            pod_mounts.push(dest);
             continue;
         }
-        match grant(plan, &dest) {
+        let granted = grant(plan, &dest);
+        if matches!(granted, Some(Access::ReadWrite | Access::ReadOnly)) {
+            pod_mounts.push(dest.clone());
+        }
+        match granted {
             Some(Access::ReadWrite) if !has_option(m, "ro") => {
                 landlock.write.push(PathBuf::from(&dest));
                 ordered.push((depth_of(&dest), 1, m.clone()));
@@ -305,6 +314,7 @@ pub fn confine(input: &Input) -> Result<Confined, ConfineError> {
         spec: out,
         landlock,
         notes,
+        pod_mounts,
     })
 }
 

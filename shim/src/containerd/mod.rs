@@ -11,6 +11,7 @@ pub mod config;
 pub mod confine;
 pub mod io;
 pub mod oom;
+pub mod podview;
 pub mod reaper;
 pub mod service;
 pub mod stats;

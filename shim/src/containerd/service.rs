@@ -33,7 +33,7 @@ use super::stats;
 use crate::network::link::{self, SandboxNet};
 use crate::network::program::{self, Attachment};
 use crate::sandbox::landlock::LandlockRules;
-use crate::sandbox::prepare;
+use crate::sandbox::{prepare, runner};
 
 mod vm;
 
@@ -128,6 +128,8 @@ struct Ctr {
     oom_score_adj: Option<i64>,
     /// The container's VM (micro-VM tier); `None`: a libcontainer container.
     vm: Option<vm::VmParts>,
+    /// The pod mounts' staged sources until the build, and what the built view must hold.
+    view: Mutex<Option<super::podview::PodView>>,
 }
 
 /// Removes `oomScoreAdj` from a process spec: libcontainer writes it into the process that
@@ -551,6 +553,16 @@ impl Service {
         let oom_score_adj = take_oom_score_adj(&mut confined.spec["process"]);
         let dir = self.s.root.join(&req.id);
         std::fs::create_dir_all(&dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+        // The runtime is given staged copies of the pod mounts' resolved sources, never their
+        // host paths (the micro-VM tier exports its view otherwise: `vmspec`).
+        let view = if as_vm {
+            None
+        } else {
+            Some(
+                super::podview::stage(&mut confined.spec, &confined.pod_mounts, &dir)
+                    .map_err(|e| fail(e.to_string()))?,
+            )
+        };
         std::fs::write(
             dir.join("config.json"),
             serde_json::to_vec(&confined.spec).unwrap_or_default(),
@@ -618,6 +630,7 @@ impl Service {
             systemd: cfg_systemd,
             oom_score_adj,
             vm: None,
+            view: Mutex::new(view),
         };
         Ok((ctr, pside, sside, confined.spec, plan))
     }
@@ -804,7 +817,11 @@ impl Service {
             self.s.pods.lock().expect("pods").remove(sid);
             let _ = std::fs::remove_file(self.s.root.join("pods").join(sid));
         }
-        let _ = std::fs::remove_dir_all(&c.dir);
+        // Staged sources are host trees: detached before the directory is removed.
+        drop(c.view.lock().expect("view").take());
+        if let Err(e) = runner::remove_tree(&c.dir) {
+            tracing::warn!(container = %c.id, error = %e, "removing the state directory");
+        }
     }
 }
 
@@ -889,6 +906,19 @@ impl Task for Service {
                 return Err(err(Code::INTERNAL, format!("creating {}: {m}", req.id)));
             }
         };
+        // The view is built (in the container's mount namespace, which keeps its copies): the
+        // staged sources go, and what was built is checked before anything runs in it.
+        let checked = ctr
+            .view
+            .lock()
+            .expect("view")
+            .as_mut()
+            .map_or(Ok(()), |v| v.detach().and_then(|()| v.verify(pid)));
+        if let Err(e) = checked {
+            tracing::error!(container = %req.id, "refused: {e}");
+            self.cleanup(&ctr);
+            return Err(err(Code::FAILED_PRECONDITION, e.to_string()));
+        }
         tracing::info!(container = %req.id, pid, elapsed_us = t0.elapsed().as_micros() as u64, "created");
         let events = self.s.events.lock().expect("events").clone();
         let cid = req.id.clone();
@@ -1367,7 +1397,8 @@ pub fn delete_orphan(namespace: &str, id: &str, bundle: &Path) -> api::DeleteRes
         link::remove(n);
     }
     let _ = std::fs::remove_file(root.join("pods").join(id));
-    let _ = std::fs::remove_dir_all(&dir);
+    // A staging a killed shim left mounted is detached first (`remove_tree`).
+    let _ = runner::remove_tree(&dir);
     api::DeleteResponse {
         pid: pid as u32,
         exit_status: 137,

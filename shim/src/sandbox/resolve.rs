@@ -30,6 +30,10 @@ pub enum ResolveError {
         "{path}: the sandbox's view does not hold what was resolved ({what}); refusing to start"
     )]
     Mismatch { path: String, what: String },
+    #[error(
+        "{path}: the source of the mount at {dest} has a symlink on the way (not followed: something with write access may have swapped it); name the source by its real path"
+    )]
+    SourceSymlink { path: String, dest: String },
 }
 
 impl ResolveError {
@@ -127,6 +131,18 @@ pub fn open_host(p: &Path) -> std::io::Result<Handle> {
         p,
         libc::O_PATH,
         RESOLVE_NO_MAGICLINKS,
+    )?)
+}
+
+/// Opens an absolute host path without following any symlink on the way: a mount source the
+/// shim did not choose (a pod's volume), where any component may lie in a tree a workload
+/// writes. A symlink on the way is `ELOOP`.
+pub fn open_host_nofollow(p: &Path) -> std::io::Result<Handle> {
+    Handle::new(openat2(
+        libc::AT_FDCWD,
+        p,
+        libc::O_PATH,
+        RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
     )?)
 }
 

@@ -782,7 +782,7 @@ impl Drop for RemoveOnDrop {
 /// Removes a sandbox's state directory, detaching its staged sources first: they are host
 /// trees (grants), and a recursive removal must never descend into one. A directory whose
 /// staging is still mounted after that is left alone.
-fn remove_tree(p: &Path) -> std::io::Result<()> {
+pub(crate) fn remove_tree(p: &Path) -> std::io::Result<()> {
     let src = p.join("src");
     if resolve::path_is_mount_point(&src) {
         resolve::detach(&src)?;
