@@ -96,6 +96,18 @@ fn cstr(p: &Path) -> std::io::Result<CString> {
 
 fn openat2(dir: libc::c_int, p: &Path, flags: i32, resolve: u64) -> std::io::Result<OwnedFd> {
     let c = cstr(p)?;
+    let fd = openat2_raw(dir, &c, flags, resolve);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new descriptor we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat2` with `O_CLOEXEC` added, retried on `EAGAIN` (a concurrent rename somewhere on the
+/// host made the kernel's check inconclusive). Allocates nothing and takes no lock, so a forked
+/// child may call it before `exec` (the micro-VM's view is built there). -1 and errno on error.
+pub fn openat2_raw(dir: libc::c_int, p: &std::ffi::CStr, flags: i32, resolve: u64) -> libc::c_int {
     // SAFETY: open_how is plain data; zeroed is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
@@ -106,22 +118,21 @@ fn openat2(dir: libc::c_int, p: &Path, flags: i32, resolve: u64) -> std::io::Res
             libc::syscall(
                 libc::SYS_openat2,
                 dir,
-                c.as_ptr(),
+                p.as_ptr(),
                 &how as *const libc::open_how,
                 std::mem::size_of::<libc::open_how>(),
             )
         };
-        if fd >= 0 {
-            // SAFETY: the syscall returned a new descriptor we now own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        }
-        let e = std::io::Error::last_os_error();
-        // EAGAIN: a concurrent rename somewhere on the host made the kernel's check inconclusive.
-        if e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(e);
+        // SAFETY: reading this thread's errno.
+        if fd >= 0 || unsafe { *libc::__errno_location() } != libc::EAGAIN {
+            return fd as libc::c_int;
         }
     }
 }
+
+/// The resolution a path step below a directory we hold uses: no symlink, no magic link,
+/// never above that directory.
+pub const BENEATH_NO_SYMLINKS: u64 = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
 
 /// Opens an absolute host path, following the host's own symlinks (never magic links): a
 /// policy path's prefix outside every grant is the host's business.
@@ -239,7 +250,7 @@ fn mount_kind(fd: BorrowedFd) -> std::io::Result<(bool, i64)> {
 }
 
 /// A private copy of the mount tree at `fd` (with its submounts), attached to nothing.
-fn clone_tree(fd: BorrowedFd) -> std::io::Result<OwnedFd> {
+pub fn clone_tree(fd: BorrowedFd) -> std::io::Result<OwnedFd> {
     // SAFETY: a valid descriptor, an empty path with AT_EMPTY_PATH.
     let r = unsafe {
         libc::syscall(
@@ -257,6 +268,41 @@ fn clone_tree(fd: BorrowedFd) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a new descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+/// Makes a detached copy (`clone_tree`) read-only, nosuid and nodev, with all its submounts.
+pub fn set_readonly_tree(tree: BorrowedFd) -> std::io::Result<()> {
+    const MOUNT_ATTR_RDONLY: u64 = 0x01;
+    const MOUNT_ATTR_NOSUID: u64 = 0x02;
+    const MOUNT_ATTR_NODEV: u64 = 0x04;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid descriptor, an empty path with AT_EMPTY_PATH, mount_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn move_mount(from: BorrowedFd, to: &Path) -> std::io::Result<()> {

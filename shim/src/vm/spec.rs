@@ -7,7 +7,10 @@
 //! empty tmpfs). So qemu, the only process that reads host files for the guest, can reach
 //! exactly what the policy grants: an unlisted or denied path is never exported, and a
 //! read-only path cannot be written even by a compromised guest kernel. Two shares also keep
-//! the VM within `microvm`'s handful of virtio-mmio slots whatever the policy's size.
+//! the VM within `microvm`'s handful of virtio-mmio slots whatever the policy's size. A policy
+//! path of a host view is exported from the object `prepare` opened for it (its handle, see
+//! `vmm`), never by its name, and the ancestors `prepare` pins inside a read-write grant are
+//! mount points of the `rw` tree and of the guest's view.
 //!
 //! The guest then builds the same view again for the container (root = tmpfs, binds of share
 //! subpaths, masks, fresh /proc /dev /tmp) and adds Landlock and seccomp, as the container tier
@@ -22,6 +25,7 @@ use agentcell_vmproto::{
 };
 
 use crate::sandbox::prepare::{Mount as Prepared, Prepared as PreparedView};
+use crate::sandbox::resolve::Handle;
 
 pub const RO_TAG: &str = "ro";
 pub const RW_TAG: &str = "rw";
@@ -38,12 +42,15 @@ pub enum SpecError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewOp {
     /// Bind `source` at `target` (created first: a directory, or an empty file when `dir` is
-    /// false), read-only or not.
+    /// false), read-only or not. With a `handle` (a policy path of a host view, opened once by
+    /// `prepare`), what is mounted is a copy of that object's mount (`open_tree`), never what
+    /// `source` names by then: `source` is only for reports.
     Bind {
         source: PathBuf,
         target: PathBuf,
         readonly: bool,
         dir: bool,
+        handle: Option<Handle>,
     },
     /// `/dev/null` over an existing file.
     MaskFile { target: PathBuf },
@@ -148,6 +155,7 @@ pub fn build(input: &SpecInput) -> Result<GuestPlan, SpecError> {
                     source,
                     target: PathBuf::from(RO_TAG).join(rel(&p)),
                     readonly: true,
+                    handle: None,
                 });
                 mounts.push(Mount {
                     target: p.display().to_string(),
@@ -167,6 +175,7 @@ pub fn build(input: &SpecInput) -> Result<GuestPlan, SpecError> {
                 target: PathBuf::from(RO_TAG),
                 readonly: true,
                 dir: true,
+                handle: None,
             });
             binds.push((PathBuf::from("/"), RO_TAG));
             GuestRoot::Share {
@@ -200,11 +209,15 @@ pub fn build(input: &SpecInput) -> Result<GuestPlan, SpecError> {
             } => {
                 let tag = if *readonly { RO_TAG } else { RW_TAG };
                 needs_rw |= !readonly;
+                let handle = input.prepared.sources.get(target).cloned();
                 view.push(ViewOp::Bind {
                     source: source.clone(),
                     target: PathBuf::from(tag).join(rel(target)),
                     readonly: *readonly,
-                    dir: source.is_dir(),
+                    dir: handle
+                        .as_ref()
+                        .map_or_else(|| source.is_dir(), |h| h.is_dir),
+                    handle,
                 });
                 binds.push((target.clone(), tag));
                 mounts.push(Mount {
@@ -216,9 +229,32 @@ pub fn build(input: &SpecInput) -> Result<GuestPlan, SpecError> {
                     readonly: *readonly,
                 });
             }
-            // Not in this tier: the exported trees are the guest's whole view of a grant, and
-            // an ancestor of a deeper path inside one is not made a mount point there.
-            Prepared::Pin { .. } => {}
+            // An ancestor of a deeper policy path inside a read-write grant: a mount point of
+            // its own in the exported `rw` tree (what the guest writes goes through qemu, in
+            // whose namespace a mount point cannot be renamed or removed) and, bound onto
+            // itself, in the guest's view too.
+            Prepared::Pin { source, target } => {
+                let Some(handle) = input.prepared.sources.get(target).cloned() else {
+                    continue;
+                };
+                needs_rw = true;
+                view.push(ViewOp::Bind {
+                    source: source.clone(),
+                    target: PathBuf::from(RW_TAG).join(rel(target)),
+                    readonly: false,
+                    dir: true,
+                    handle: Some(handle),
+                });
+                binds.push((target.clone(), RW_TAG));
+                mounts.push(Mount {
+                    target: target.to_string_lossy().into_owned(),
+                    source: MountSource::Share {
+                        tag: RW_TAG.into(),
+                        subpath: rel(target).to_string_lossy().into_owned(),
+                    },
+                    readonly: false,
+                });
+            }
             Prepared::MaskFile { target } => {
                 // Masked on the host too when it lies in an exported tree and exists (a mount
                 // point is never created in a host directory).
@@ -384,7 +420,8 @@ mod tests {
             source: "/tmp".into(),
             target: "rw/work".into(),
             readonly: false,
-            dir: true
+            dir: true,
+            handle: None,
         }));
         // The mask of /etc/hostname is applied in the ro tree (the deepest bind above it).
         assert!(g.view.contains(&ViewOp::MaskFile {
@@ -449,7 +486,8 @@ mod tests {
                 source: "/srv/img".into(),
                 target: "ro".into(),
                 readonly: true,
-                dir: true
+                dir: true,
+                handle: None,
             }
         );
         assert!(!g.needs_rw);

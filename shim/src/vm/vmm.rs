@@ -8,6 +8,21 @@
 //! namespace (where its tap is) and, with `die_with_parent`, dies with the thread that booted
 //! it. Dropping a [`Vm`] kills qemu and removes the directory; [`sweep`] removes what the VMs of
 //! dead owners left.
+//!
+//! The host view is what `prepare` resolved, not what its paths name later: each policy path's
+//! object (its `O_PATH` handle) is copied with `open_tree(OPEN_TREE_CLONE|AT_RECURSIVE)` before
+//! the fork (read-only ones made read-only with all their submounts, `mount_setattr`), and the
+//! child, in qemu's new mount namespace, attaches each copy with `move_mount` onto a directory
+//! of the view's tmpfs reached from the view root's descriptor one component at a time with
+//! `openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)` (masks and the baseline are mounted onto the
+//! same kind of descriptor, through `/proc/self/fd/N`). A symlink on the way, such as one a
+//! workload of another sandbox swapped in for a directory of a grant it can write, is refused
+//! (exit 125, naming the path), never followed. qemu opens the shares' files lazily, for as long
+//! as it runs, so the copies cannot be detached after start as the container tier detaches its
+//! staged sources; instead they are never attached where anything but qemu can reach them: only
+//! in qemu's own namespace (made a slave of the host's, so nothing propagates back), and they go
+//! with it when qemu exits. Nothing of the view is mounted in the host's namespace, so removing
+//! the state directory never descends into a grant and there is nothing to detach first.
 
 use std::ffi::CString;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -46,6 +61,10 @@ pub enum VmError {
         step: String,
         source: std::io::Error,
     },
+    #[error(
+        "{path}: a symlink on the way to it in the exported view (something with write access swapped it; not followed); refusing to start"
+    )]
+    Symlink { path: String },
     #[error("boot: {message}\n{tail}")]
     Boot { message: String, tail: String },
     #[error("boot: the guest agent speaks protocol {got}, this host {want}")]
@@ -128,14 +147,32 @@ pub struct Vm {
 
 /// One mount-namespace step of the host view, prepared before fork (no allocation after).
 enum Step {
-    Mkdir(CString),
-    Touch(CString),
+    /// The view's tmpfs at the view root (a directory of our state, by name), then opened: every
+    /// later step works below that descriptor.
+    Root(CString),
+    /// Something mounted at `dst` (components below the view root), reached without following
+    /// any symlink and mounted onto the directory or file so reached, never by its name. With
+    /// `create`, missing components are made (directories; the last a directory when `Some(true)`,
+    /// an empty file when `Some(false)`).
+    At {
+        dst: Vec<CString>,
+        create: Option<bool>,
+        what: What,
+    },
+}
+
+enum What {
+    /// Only the directory (the two trees).
+    Nothing,
+    /// The detached copy of a resolved object's mount made before fork (`trees[i]`).
+    Tree(usize),
+    /// `mount(src, dst, fstype, flags, data)`, then a read-only remount when asked.
     Mount {
-        src: Option<CString>,
-        dst: CString,
+        src: CString,
         fstype: Option<CString>,
         flags: libc::c_ulong,
         data: Option<CString>,
+        readonly: bool,
     },
 }
 
@@ -143,83 +180,70 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_encoded_bytes()).unwrap_or_else(|_| c"/nonexistent".into())
 }
 
-/// The steps building `view` under `root`, with a label for each (for errors).
+fn comps(target: &Path) -> Vec<CString> {
+    target
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(cstr(Path::new(n))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The steps building `view` under `root`, with a label for each (for errors). A bind of an op
+/// with a handle mounts `trees[i]` (`i` its index in `view`).
 fn view_steps(root: &Path, view: &[ViewOp]) -> Vec<(String, Step)> {
     let mut out = vec![(
         format!("tmpfs at {}", root.display()),
-        Step::Mount {
-            src: Some(c"agentcell-view".into()),
-            dst: cstr(root),
-            fstype: Some(c"tmpfs".into()),
-            flags: libc::MS_NOSUID | libc::MS_NODEV,
-            data: Some(c"mode=755,size=1m".into()),
-        },
+        Step::Root(cstr(root)),
     )];
     for t in [RO_TAG, RW_TAG] {
-        out.push((format!("mkdir {t}"), Step::Mkdir(cstr(&root.join(t)))));
+        out.push((
+            format!("mkdir {t}"),
+            Step::At {
+                dst: comps(Path::new(t)),
+                create: Some(true),
+                what: What::Nothing,
+            },
+        ));
     }
-    let parents = |out: &mut Vec<(String, Step)>, target: &Path| {
-        let mut acc = root.to_path_buf();
-        let comps: Vec<_> = target.components().collect();
-        for c in &comps[..comps.len().saturating_sub(1)] {
-            acc.push(c);
-            out.push((format!("mkdir {}", acc.display()), Step::Mkdir(cstr(&acc))));
-        }
-    };
-    for op in view {
+    for (i, op) in view.iter().enumerate() {
         match op {
             ViewOp::Bind {
                 source,
                 target,
                 readonly,
                 dir,
-            } => {
-                parents(&mut out, target);
-                let dst = root.join(target);
-                let label = format!("bind {} at {}", source.display(), dst.display());
-                out.push((
-                    label.clone(),
-                    if *dir {
-                        Step::Mkdir(cstr(&dst))
-                    } else {
-                        Step::Touch(cstr(&dst))
-                    },
-                ));
-                out.push((
-                    label.clone(),
-                    Step::Mount {
-                        src: Some(cstr(source)),
-                        dst: cstr(&dst),
-                        fstype: None,
-                        flags: libc::MS_BIND | libc::MS_REC,
-                        data: None,
-                    },
-                ));
-                if *readonly {
-                    out.push((
-                        format!("{label} read-only"),
-                        Step::Mount {
-                            src: None,
-                            dst: cstr(&dst),
+                handle,
+            } => out.push((
+                format!("bind {} at {}", source.display(), target.display()),
+                Step::At {
+                    dst: comps(target),
+                    create: Some(*dir),
+                    what: match handle {
+                        Some(_) => What::Tree(i),
+                        None => What::Mount {
+                            src: cstr(source),
                             fstype: None,
-                            flags: libc::MS_BIND
-                                | libc::MS_REMOUNT
-                                | libc::MS_RDONLY
-                                | libc::MS_NOSUID
-                                | libc::MS_NODEV,
+                            flags: libc::MS_BIND | libc::MS_REC,
                             data: None,
+                            readonly: *readonly,
                         },
-                    ));
-                }
-            }
+                    },
+                },
+            )),
             ViewOp::MaskFile { target } => out.push((
                 format!("mask {}", target.display()),
-                Step::Mount {
-                    src: Some(c"/dev/null".into()),
-                    dst: cstr(&root.join(target)),
-                    fstype: None,
-                    flags: libc::MS_BIND,
-                    data: None,
+                Step::At {
+                    dst: comps(target),
+                    create: None,
+                    what: What::Mount {
+                        src: c"/dev/null".into(),
+                        fstype: None,
+                        flags: libc::MS_BIND,
+                        data: None,
+                        readonly: false,
+                    },
                 },
             )),
             ViewOp::MaskDir {
@@ -235,12 +259,16 @@ fn view_steps(root: &Path, view: &[ViewOp]) -> Vec<(String, Step)> {
                 };
                 out.push((
                     format!("mask {}", target.display()),
-                    Step::Mount {
-                        src: Some(c"tmpfs".into()),
-                        dst: cstr(&root.join(target)),
-                        fstype: Some(c"tmpfs".into()),
-                        flags,
-                        data: Some(data.into()),
+                    Step::At {
+                        dst: comps(target),
+                        create: None,
+                        what: What::Mount {
+                            src: c"tmpfs".into(),
+                            fstype: Some(c"tmpfs".into()),
+                            flags,
+                            data: Some(data.into()),
+                            readonly: false,
+                        },
                     },
                 ));
             }
@@ -249,8 +277,141 @@ fn view_steps(root: &Path, view: &[ViewOp]) -> Vec<(String, Step)> {
     out
 }
 
+/// The detached copies of the resolved objects `view` binds (`-1` where an op has none), made
+/// before fork: read-only ones are read-only with all their submounts before they are attached
+/// anywhere.
+fn view_trees(view: &[ViewOp]) -> Result<Vec<Option<std::os::fd::OwnedFd>>, VmError> {
+    use std::os::fd::AsFd as _;
+    view.iter()
+        .map(|op| match op {
+            ViewOp::Bind {
+                handle: Some(h),
+                readonly,
+                source,
+                ..
+            } => {
+                let step = || format!("copying the mount of {}", source.display());
+                let t = crate::sandbox::resolve::clone_tree(h.fd.as_fd()).map_err(|e| {
+                    VmError::View {
+                        step: step(),
+                        source: e,
+                    }
+                })?;
+                if *readonly {
+                    crate::sandbox::resolve::set_readonly_tree(t.as_fd()).map_err(|e| {
+                        VmError::View {
+                            step: step(),
+                            source: e,
+                        }
+                    })?;
+                }
+                Ok(Some(t))
+            }
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// The sandbox path an op of the view acts on (its target without the tree's tag).
+fn sandbox_path(op: &ViewOp) -> String {
+    let t = match op {
+        ViewOp::Bind { target, .. }
+        | ViewOp::MaskFile { target }
+        | ViewOp::MaskDir { target, .. } => target,
+    };
+    let mut c = t.components();
+    c.next();
+    Path::new("/").join(c.as_path()).display().to_string()
+}
+
+/// `/proc/self/fd/<fd>` in `buf`, NUL-terminated, without allocating.
+fn fd_path(buf: &mut [u8; 32], fd: libc::c_int) -> *const libc::c_char {
+    let prefix = b"/proc/self/fd/";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let (mut n, mut len) = (fd.max(0) as u32, 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[prefix.len() + i] = digits[len - 1 - i];
+    }
+    buf[prefix.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
+/// Walks `dst` below `root` one component at a time, following no symlink (a symlink on the
+/// way is `ELOOP`), creating what is missing when asked; an `O_PATH` descriptor of the last
+/// component, or -1 with errno. Runs in the forked child: syscalls only.
+///
+/// # Safety
+/// `root` is a valid directory descriptor.
+unsafe fn walk(root: libc::c_int, dst: &[CString], create: Option<bool>) -> libc::c_int {
+    use crate::sandbox::resolve::{BENEATH_NO_SYMLINKS, openat2_raw};
+    let errno = || unsafe { *libc::__errno_location() };
+    let mut cur = root;
+    for (i, c) in dst.iter().enumerate() {
+        let last = i + 1 == dst.len();
+        unsafe {
+            if let Some(dir) = create {
+                let made = if !last || dir {
+                    libc::mkdirat(cur, c.as_ptr(), 0o755) == 0
+                } else {
+                    // O_EXCL never follows a symlink at the name.
+                    let fd = libc::openat(
+                        cur,
+                        c.as_ptr(),
+                        libc::O_WRONLY
+                            | libc::O_CREAT
+                            | libc::O_EXCL
+                            | libc::O_NOFOLLOW
+                            | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    fd >= 0 && libc::close(fd) == 0
+                };
+                if !made && errno() != libc::EEXIST {
+                    let e = errno();
+                    if cur != root {
+                        libc::close(cur);
+                    }
+                    *libc::__errno_location() = e;
+                    return -1;
+                }
+            }
+            let flags = if last {
+                libc::O_PATH
+            } else {
+                libc::O_PATH | libc::O_DIRECTORY
+            };
+            let next = openat2_raw(cur, c, flags, BENEATH_NO_SYMLINKS);
+            let e = errno();
+            if cur != root {
+                libc::close(cur);
+            }
+            if next < 0 {
+                *libc::__errno_location() = e;
+                return -1;
+            }
+            cur = next;
+        }
+    }
+    cur
+}
+
 /// Runs in the forked child before exec: only syscalls on memory prepared before the fork.
-fn run_steps(steps: &[(String, Step)], report: libc::c_int) -> std::io::Result<()> {
+fn run_steps(
+    steps: &[(String, Step)],
+    trees: &[libc::c_int],
+    report: libc::c_int,
+) -> std::io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
     let fail = |i: usize| {
         let e = std::io::Error::last_os_error();
         let b = (i as u32).to_ne_bytes();
@@ -258,33 +419,92 @@ fn run_steps(steps: &[(String, Step)], report: libc::c_int) -> std::io::Result<(
         unsafe { libc::write(report, b.as_ptr().cast(), 4) };
         Err(e)
     };
+    let mut root = -1;
+    let mut buf = [0u8; 32];
     for (i, (_, s)) in steps.iter().enumerate() {
-        // SAFETY: NUL-terminated strings owned by `steps`, which outlives this call.
+        // SAFETY: NUL-terminated strings owned by `steps`, which outlives this call; descriptors
+        // of ours.
         let ok = unsafe {
             match s {
-                Step::Mkdir(p) => {
-                    libc::mkdir(p.as_ptr(), 0o755) == 0 || *libc::__errno_location() == libc::EEXIST
+                Step::Root(p) => {
+                    libc::mount(
+                        c"agentcell-view".as_ptr(),
+                        p.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        c"mode=755,size=1m".as_ptr().cast(),
+                    ) == 0
+                        && {
+                            root = libc::open(
+                                p.as_ptr(),
+                                libc::O_PATH
+                                    | libc::O_DIRECTORY
+                                    | libc::O_NOFOLLOW
+                                    | libc::O_CLOEXEC,
+                            );
+                            root >= 0
+                        }
                 }
-                Step::Touch(p) => {
-                    libc::access(p.as_ptr(), libc::F_OK) == 0 || {
-                        let fd = libc::open(
-                            p.as_ptr(),
-                            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
-                            0o644,
-                        );
-                        fd >= 0 && libc::close(fd) == 0
+                Step::At { dst, create, what } => {
+                    let fd = walk(root, dst, *create);
+                    fd >= 0 && {
+                        let done = match what {
+                            What::Nothing => true,
+                            What::Tree(t) => {
+                                libc::syscall(
+                                    libc::SYS_move_mount,
+                                    trees.get(*t).copied().unwrap_or(-1),
+                                    c"".as_ptr(),
+                                    fd,
+                                    c"".as_ptr(),
+                                    MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                                ) == 0
+                            }
+                            What::Mount {
+                                src,
+                                fstype,
+                                flags,
+                                data,
+                                readonly,
+                            } => {
+                                let p = |c: &Option<CString>| {
+                                    c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+                                };
+                                libc::mount(
+                                    src.as_ptr(),
+                                    fd_path(&mut buf, fd),
+                                    p(fstype),
+                                    *flags,
+                                    p(data).cast(),
+                                ) == 0
+                                    && (!readonly || {
+                                        // The mount just made, reached the same way.
+                                        let m = walk(root, dst, None);
+                                        m >= 0 && {
+                                            let r = libc::mount(
+                                                std::ptr::null(),
+                                                fd_path(&mut buf, m),
+                                                std::ptr::null(),
+                                                libc::MS_BIND
+                                                    | libc::MS_REMOUNT
+                                                    | libc::MS_RDONLY
+                                                    | libc::MS_NOSUID
+                                                    | libc::MS_NODEV,
+                                                std::ptr::null(),
+                                            ) == 0;
+                                            libc::close(m);
+                                            r
+                                        }
+                                    })
+                            }
+                        };
+                        let e = *libc::__errno_location();
+                        if fd != root {
+                            libc::close(fd);
+                        }
+                        *libc::__errno_location() = e;
+                        done
                     }
-                }
-                Step::Mount {
-                    src,
-                    dst,
-                    fstype,
-                    flags,
-                    data,
-                } => {
-                    let p =
-                        |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-                    libc::mount(p(src), dst.as_ptr(), p(fstype), *flags, p(data).cast()) == 0
                 }
             }
         };
@@ -409,6 +629,12 @@ impl Vm {
         tracing::info!(id = %cfg.id, accel = accel.as_str(), why = %why, "booting the micro-VM");
         tracing::debug!(?args, "qemu command line");
         let steps = view_steps(&view_root, &cfg.view);
+        // Held until qemu has started: the child attaches each in its own namespace.
+        let trees = view_trees(&cfg.view)?;
+        let tree_fds: Vec<libc::c_int> = trees
+            .iter()
+            .map(|t| t.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd))
+            .collect();
         let netns = match &cfg.netns {
             Some(p) => Some(std::fs::File::open(p).map_err(io("opening", p))?),
             None => None,
@@ -450,7 +676,7 @@ impl Vm {
                 {
                     return Err(std::io::Error::last_os_error());
                 }
-                run_steps(&steps, report)
+                run_steps(&steps, &tree_fds, report)
             });
         }
         let spawned = cmd.spawn();
@@ -460,11 +686,22 @@ impl Vm {
         let n = unsafe { libc::read(pipe[0], failed_step.as_mut_ptr().cast(), 4) };
         unsafe { libc::close(pipe[0]) };
         drop(netns);
+        drop(trees);
         let child = match spawned {
             Ok(c) => c,
             Err(source) if n == 4 => {
                 let i = u32::from_ne_bytes(failed_step) as usize;
                 let steps = view_steps(&view_root, &cfg.view);
+                // A symlink where the view needs a directory (or file) of its own: something
+                // with write access to a granted tree swapped one in; never followed.
+                if source.raw_os_error() == Some(libc::ELOOP)
+                    && let Some(path) = i
+                        .checked_sub(3)
+                        .and_then(|j| cfg.view.get(j))
+                        .map(sandbox_path)
+                {
+                    return Err(VmError::Symlink { path });
+                }
                 let step = steps
                     .get(i)
                     .map(|(l, _)| l.clone())
@@ -672,50 +909,104 @@ mod tests {
     use super::*;
 
     #[test]
-    fn view_steps_create_parents_then_bind_then_mask() {
+    fn view_steps_mount_resolved_copies_and_reach_every_target_below_the_root() {
+        let dir = std::env::temp_dir().join(format!("ac-vm-steps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let handle = crate::sandbox::resolve::open_host(&dir).unwrap();
         let view = vec![
             ViewOp::Bind {
                 source: "/etc".into(),
                 target: "ro/etc".into(),
                 readonly: true,
                 dir: true,
+                handle: None,
             },
             ViewOp::Bind {
-                source: "/home/u/.gitconfig".into(),
-                target: "ro/home/u/.gitconfig".into(),
-                readonly: true,
-                dir: false,
+                source: dir.clone(),
+                target: "rw/ws".into(),
+                readonly: false,
+                dir: true,
+                handle: Some(handle),
             },
             ViewOp::MaskFile {
                 target: "ro/etc/shadow".into(),
             },
         ];
-        let labels: Vec<String> = view_steps(Path::new("/s/view"), &view)
-            .into_iter()
-            .map(|(l, s)| {
-                let kind = match s {
-                    Step::Mkdir(p) => format!("mkdir {}", p.to_string_lossy()),
-                    Step::Touch(p) => format!("touch {}", p.to_string_lossy()),
-                    Step::Mount { dst, flags, .. } => format!(
-                        "mount {} ro={}",
-                        dst.to_string_lossy(),
-                        flags & libc::MS_RDONLY != 0
-                    ),
-                };
-                format!("{kind} ({l})")
-            })
-            .collect();
-        let pos = |s: &str| {
-            labels
-                .iter()
-                .position(|l| l.starts_with(s))
-                .unwrap_or_else(|| panic!("{s} in {labels:#?}"))
+        let steps = view_steps(Path::new("/s/view"), &view);
+        assert!(matches!(&steps[0].1, Step::Root(p) if p.as_bytes() == b"/s/view"));
+        // One step per op after the root and the two trees, in order (a failed step's index
+        // names its op).
+        assert_eq!(steps.len(), 3 + view.len());
+        let at = |i: usize| match &steps[i].1 {
+            Step::At { dst, create, what } => (
+                dst.iter()
+                    .map(|c| c.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                *create,
+                what,
+            ),
+            Step::Root(_) => panic!("a second root"),
         };
-        assert_eq!(pos("mount /s/view ro=false"), 0);
-        assert!(pos("mkdir /s/view/ro/etc") < pos("mount /s/view/ro/etc ro=false"));
-        assert!(pos("mount /s/view/ro/etc ro=false") < pos("mount /s/view/ro/etc ro=true"));
-        assert!(pos("mkdir /s/view/ro/home/u") < pos("touch /s/view/ro/home/u/.gitconfig"));
-        assert!(pos("mount /s/view/ro/etc ro=true") < pos("mount /s/view/ro/etc/shadow"));
+        let (dst, create, what) = at(3);
+        assert_eq!((dst.as_str(), create), ("ro/etc", Some(true)));
+        assert!(matches!(what, What::Mount { readonly: true, .. }));
+        // A resolved object is mounted from its copy, never from the source's name.
+        let (dst, _, what) = at(4);
+        assert_eq!(dst, "rw/ws");
+        assert!(matches!(what, What::Tree(1)));
+        // A mask is put on what exists; nothing is created for it.
+        let (dst, create, _) = at(5);
+        assert_eq!((dst.as_str(), create), ("ro/etc/shadow", None));
+        assert_eq!(sandbox_path(&view[2]), "/etc/shadow");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The walk the child makes: missing components are created, a symlink anywhere on the
+    /// way (or at the end) is ELOOP and nothing is created through it.
+    #[test]
+    fn the_walk_creates_below_the_root_and_follows_no_symlink() {
+        let dir = std::env::temp_dir().join(format!("ac-vm-walk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("outside")).unwrap();
+        std::fs::create_dir_all(dir.join("root/a")).unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), dir.join("root/a/link")).unwrap();
+        let root = std::fs::File::open(dir.join("root")).unwrap();
+        let rfd = std::os::fd::AsRawFd::as_raw_fd(&root);
+        let c = |p: &str| comps(Path::new(p));
+        // SAFETY: a directory descriptor we hold.
+        let fd = unsafe { walk(rfd, &c("a/b/file"), Some(false)) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: ours.
+        unsafe { libc::close(fd) };
+        assert!(dir.join("root/a/b/file").is_file());
+        for (p, create) in [
+            ("a/link/x", Some(true)),
+            ("a/link", None),
+            ("a/link/x", None),
+        ] {
+            // SAFETY: as above.
+            let fd = unsafe { walk(rfd, &c(p), create) };
+            assert_eq!(fd, -1, "{p}");
+            assert_eq!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::ELOOP),
+                "{p}"
+            );
+        }
+        assert!(
+            !dir.join("outside/x").exists(),
+            "nothing made through the link"
+        );
+        let mut buf = [0u8; 32];
+        let p = fd_path(&mut buf, 1234);
+        // SAFETY: fd_path NUL-terminates inside buf.
+        assert_eq!(
+            unsafe { std::ffi::CStr::from_ptr(p) }.to_str().unwrap(),
+            "/proc/self/fd/1234"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

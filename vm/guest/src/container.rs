@@ -205,8 +205,25 @@ pub fn build_view(spec: &ContainerSpec, layout: &Layout) -> Result<(), ViewError
         .map_err(os_step("root tmpfs"))?,
     }
     let files = layout.state.join("files");
+    // Targets of read-write shares mounted so far: below one, every name is the host's, which
+    // something else with write access to that tree (another sandbox) can swap for a symlink
+    // while this view is built.
+    let mut writable: Vec<&str> = Vec::new();
     for (i, m) in spec.mounts.iter().enumerate() {
+        let below_writable = writable
+            .iter()
+            .any(|w| m.target.len() > w.len() && is_within(&m.target, w));
+        if below_writable {
+            plain_path(&root, &m.target)?;
+        }
         apply_mount(&root, m, layout, &files, i)?;
+        if below_writable {
+            // Mounted by name: checked again where the mount landed.
+            plain_path(&root, &m.target)?;
+        }
+        if matches!(m.source, MountSource::Share { .. }) && !m.readonly {
+            writable.push(&m.target);
+        }
     }
     sys::trace(|| "pivot_root".into());
     pivot(&root)?;
@@ -221,6 +238,59 @@ pub fn build_view(spec: &ContainerSpec, layout: &Layout) -> Result<(), ViewError
         .map_err(os_step("sethostname"))?;
     }
     Ok(())
+}
+
+/// Whether the absolute path `p` is `dir` or lies below it.
+fn is_within(p: &str, dir: &str) -> bool {
+    let d = dir.trim_end_matches('/');
+    p == dir || p.strip_prefix(d).is_some_and(|r| r.starts_with('/'))
+}
+
+/// Reaches `target` below `root` following no symlink (one would be a name another sandbox
+/// swapped in a writable host tree: the mount would land wherever it points); refused, naming
+/// the path, like the host tiers refuse it.
+fn plain_path(root: &Path, target: &str) -> Result<(), ViewError> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    const RESOLVE_BENEATH_NO_SYMLINKS: u64 = 0x08 | 0x04 | 0x02;
+    let step = format!("mount {target}");
+    let dir = fs::File::open(root).map_err(os_step(step.clone()))?;
+    let rel = sys::cstr(target.trim_start_matches('/')).map_err(os_step(step.clone()))?;
+    // SAFETY: open_how is plain data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = RESOLVE_BENEATH_NO_SYMLINKS;
+    loop {
+        // SAFETY: a valid dirfd, a NUL-terminated path, open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                rel.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a new descriptor we own.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EAGAIN) => continue,
+            // Not there yet: the mount creates it (the check after the mount sees it).
+            Some(libc::ENOENT) => return Ok(()),
+            Some(libc::ELOOP) | Some(libc::EXDEV) => {
+                return Err(ViewError::Os {
+                    step: format!(
+                        "{target}: a symlink on the way to it in a read-write tree (something with write access swapped it; not followed); refusing to start"
+                    ),
+                    source: e,
+                });
+            }
+            _ => return Err(ViewError::Os { step, source: e }),
+        }
+    }
 }
 
 fn apply_mount(

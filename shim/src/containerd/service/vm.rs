@@ -141,6 +141,8 @@ impl Service {
                 target: PathBuf::from(if e.readonly { RO_TAG } else { RW_TAG }).join(&e.name),
                 readonly: e.readonly,
                 dir: true,
+                // Named by string: the shim's pod mounts are not resolved once yet.
+                handle: None,
             })
             .collect();
         cfg.export_rw = translated.exports.iter().any(|e| !e.readonly);
