@@ -468,7 +468,7 @@ fn five_hundred_concurrent_execs_into_a_busy_shim_all_return() {
 fn pod_mounts_swapped_for_a_symlink_never_expose_the_host() {
     use std::os::unix::ffi::OsStrExt;
     use std::sync::atomic::{AtomicBool, Ordering};
-    const STARTS: usize = 24;
+    const STARTS: usize = 50;
     let c = Containerd::start("ctr-race");
     let tree = c.dir.join("tree");
     std::fs::create_dir_all(tree.join("sub/secret")).unwrap();
@@ -492,8 +492,17 @@ fn pod_mounts_swapped_for_a_symlink_never_expose_the_host() {
     let cstr = |p: &std::path::Path| std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     let (a, b) = (cstr(&tree.join("sub")), cstr(&tree.join("swap")));
     let stop = AtomicBool::new(false);
-    let (mut ran, mut refused) = (0, 0);
+    let (mut ran, mut refused, mut unexplained) = (0, 0, 0);
+    // Stops the swapper however the loop below ends: a failed assertion (or a `ctr` past its
+    // limit) unwinds through here, and without this the scope would wait on the swapper forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         s.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 // SAFETY: two NUL-terminated paths; RENAME_EXCHANGE swaps the two names.
@@ -549,18 +558,31 @@ fn pod_mounts_swapped_for_a_symlink_never_expose_the_host() {
             if r.code == 0 && r.stdout.contains("RAN") {
                 ran += 1;
             } else {
-                // Refused: the create names the path it would not follow.
-                assert!(
-                    r.stderr.contains("symlink") || r.stderr.contains("does not hold"),
-                    "{id}: neither ran nor refused with a reason: {r:?}\n{}",
-                    c.log()
-                );
-                refused += 1;
+                // Refused: the create names the path it would not follow. The runtime itself
+                // refuses a mask target that became a symlink (it resolves inside the rootfs);
+                // the shim then names the swapped path if it still sees the symlink, else the
+                // runtime's "failed to prepare rootfs" stands.
+                if r.stderr.contains("symlink") || r.stderr.contains("does not hold") {
+                    refused += 1;
+                } else {
+                    assert!(
+                        r.stderr.contains("failed to prepare rootfs"),
+                        "{id}: neither ran nor refused with a reason: {r:?}\n{}",
+                        c.log()
+                    );
+                    unexplained += 1;
+                }
                 let _ = c.ctr(&["containers", "rm", &id]);
             }
         }
-        stop.store(true, Ordering::Relaxed);
     });
-    eprintln!("{ran} ran with a clean view, {refused} refused");
-    assert_eq!(ran + refused, STARTS);
+    eprintln!(
+        "{ran} ran with a clean view, {refused} refused naming the path, {unexplained} refused by the runtime"
+    );
+    assert_eq!(ran + refused + unexplained, STARTS);
+    // The swapped path is named far more often than not (the shim looks at it 64 times).
+    assert!(
+        refused >= unexplained,
+        "{refused} named, {unexplained} unexplained"
+    );
 }

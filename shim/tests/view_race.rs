@@ -18,8 +18,14 @@ fn bin() -> String {
 }
 
 fn sh(policy: &Path, script: &str) -> Ran {
+    sh_in(&[], policy, script)
+}
+
+/// `sh` with extra `run` options before the policy (`--isolation microvm`).
+fn sh_in(opts: &[&str], policy: &Path, script: &str) -> Ran {
     let out = Command::new(bin())
         .arg("run")
+        .args(opts)
         .arg("--policy")
         .arg(policy)
         .args(["--", "/bin/sh", "-c", script])
@@ -159,10 +165,20 @@ fn stop_swapper(child: std::process::Child, stop: &Path) -> u64 {
 
 /// Runs `n` victims, two at a time; returns every result.
 fn victims(n: usize, policy: &Path, script: &str) -> Vec<Ran> {
+    victims_in(&[], n, policy, script)
+}
+
+fn victims_in(opts: &[&str], n: usize, policy: &Path, script: &str) -> Vec<Ran> {
     let per = n.div_ceil(2);
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..2)
-            .map(|_| s.spawn(|| (0..per).map(|_| sh(policy, script)).collect::<Vec<_>>()))
+            .map(|_| {
+                s.spawn(|| {
+                    (0..per)
+                        .map(|_| sh_in(opts, policy, script))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     })
@@ -228,6 +244,40 @@ fn a_swapped_read_only_path_never_mounts_the_host_root() {
         m = marker.name()
     );
     let results = victims(50, &p, &script);
+    let swaps = stop_swapper(child, &stop);
+    assert!(
+        swaps > 0,
+        "the attacker never swapped: the test proves nothing"
+    );
+    judge(&results, &git);
+}
+
+/// The same attack on the micro-VM tier: qemu exports what `prepare` resolved (copies of its
+/// descriptors' mounts), never the swapped name, so no guest sees the host's root at `ws/.git`
+/// (through the read-only share) or anything of the host outside the grants.
+#[test]
+fn a_swapped_read_only_path_never_reaches_a_micro_vm() {
+    require_root();
+    if let Err(e) = agentcell::vm::assets::load(&agentcell::vm::assets::vm_dir(None)) {
+        panic!("micro-VM assets missing ({e}); scripts/test.sh installs them");
+    }
+    let f = Fixture::new("race-vm");
+    f.mkdir("ws/.git");
+    let swapper = compile_swapper(&f);
+    let marker = Marker::new("vm");
+    let (child, stop) = start_swapper(&f, &swapper, ".git", "/");
+    let p = write_policy(
+        &f,
+        "victim",
+        json!({"readwritePaths": [f.p("ws")], "readonlyPaths": [f.p("ws/.git")]}),
+    );
+    let git = f.p("ws/.git");
+    let script = format!(
+        "[ -e {git}/{m} ] && echo LEAK:marker; [ -e {git}/etc/shadow ] && echo LEAK:shadow; echo DONE",
+        m = marker.name()
+    );
+    // Each boot is seconds under TCG: 16 victims stay well inside the attacker's 120 s timeout.
+    let results = victims_in(&["--isolation", "microvm"], 16, &p, &script);
     let swaps = stop_swapper(child, &stop);
     assert!(
         swaps > 0,
