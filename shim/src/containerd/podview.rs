@@ -27,6 +27,8 @@ struct Check {
     want: Want,
     /// Symlinks of the image on the way are followed (inside the view); none inside a host tree.
     follow: bool,
+    /// A mask inside a kept pod mount: that mount's resolved source and the path below it.
+    below: Option<(Handle, PathBuf)>,
 }
 
 /// The staged sources of one container and what its built view must hold.
@@ -140,6 +142,7 @@ pub fn stage(spec: &mut Value, pod_mounts: &[String], dir: &Path) -> Result<PodV
             target: PathBuf::from(&d),
             want: if null { Want::Null } else { Want::Tmpfs },
             follow: false,
+            below: Some((bh.clone(), rel.to_path_buf())),
         });
     }
     if binds.is_empty() {
@@ -164,6 +167,7 @@ pub fn stage(spec: &mut Value, pod_mounts: &[String], dir: &Path) -> Result<PodV
                     readonly: option(&mounts[*i], "ro"),
                 },
                 follow: above(d, &binds).is_none(),
+                below: None,
             });
         }
     }
@@ -174,6 +178,25 @@ pub fn stage(spec: &mut Value, pod_mounts: &[String], dir: &Path) -> Result<PodV
 }
 
 impl PodView {
+    /// Why the runtime may have failed to build the view: a mask's target below a kept pod
+    /// mount that now has a symlink on the way (the runtime resolves mount targets inside the
+    /// rootfs and refuses; its own error only says "failed to prepare rootfs"). A swapping
+    /// workload flips the name back and forth, so each target is looked at a few times.
+    pub fn explain(&self) -> Option<ResolveError> {
+        const LOOKS: usize = 64;
+        self.checks.iter().find_map(|c| {
+            let (h, rel) = c.below.as_ref()?;
+            (0..LOOKS).find_map(|_| {
+                let swapped = resolve::open_beneath(h.fd.as_fd(), rel)
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP));
+                std::thread::yield_now();
+                swapped.then(|| ResolveError::Swapped {
+                    path: c.target.display().to_string(),
+                })
+            })
+        })
+    }
+
     /// Detaches the staged copies (the container's mount namespace keeps its own).
     pub fn detach(&mut self) -> Result<(), ResolveError> {
         self.staging.as_mut().map_or(Ok(()), Staging::detach)
@@ -233,6 +256,34 @@ mod tests {
         // A mount confinement did not keep is not the pod view's business.
         let mut spec = json!({"mounts": [bind(dir.join("tree/swapped"), "/data")]});
         assert!(stage(&mut spec, &[], &dir.join("state")).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// After the runtime failed, a mask whose way now has a symlink is named as swapped; one
+    /// whose way is still plain gives no explanation (the runtime's own error stands).
+    #[test]
+    fn a_failed_build_is_explained_by_a_mask_swapped_for_a_symlink() {
+        let dir = std::env::temp_dir().join(format!("ac-podview-x-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tree/sub/secret")).unwrap();
+        let tree = resolve::open_host_nofollow(&dir.join("tree")).unwrap();
+        let view = PodView {
+            staging: None,
+            checks: vec![Check {
+                target: PathBuf::from("/work/sub/secret"),
+                want: Want::Tmpfs,
+                follow: false,
+                below: Some((tree, PathBuf::from("sub/secret"))),
+            }],
+        };
+        assert!(view.explain().is_none());
+        std::fs::rename(dir.join("tree/sub"), dir.join("tree/real")).unwrap();
+        std::os::unix::fs::symlink("/", dir.join("tree/sub")).unwrap();
+        let why = view.explain();
+        assert!(
+            matches!(&why, Some(ResolveError::Swapped { path }) if path == "/work/sub/secret"),
+            "{why:?}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -902,7 +902,20 @@ impl Task for Service {
         let pid = match built {
             Ok(pid) => pid,
             Err(m) => {
+                let why = ctr
+                    .view
+                    .lock()
+                    .expect("view")
+                    .as_ref()
+                    .and_then(|v| v.explain());
                 self.cleanup(&ctr);
+                if let Some(e) = why {
+                    tracing::error!(container = %req.id, "refused: {e} (the runtime: {m})");
+                    return Err(err(
+                        Code::FAILED_PRECONDITION,
+                        format!("creating {}: {e} (the runtime: {m})", req.id),
+                    ));
+                }
                 return Err(err(Code::INTERNAL, format!("creating {}: {m}", req.id)));
             }
         };
