@@ -31,12 +31,18 @@ pub enum ViewError {
         #[source]
         source: paths::PathError,
     },
+    #[error(
+        "{target}: a symlink on the way to it in a read-write tree (something with write access swapped it; not followed); refusing to start"
+    )]
+    Swapped { step: String, target: String },
 }
 
 impl ViewError {
     pub fn step(&self) -> &str {
         match self {
-            ViewError::Os { step, .. } | ViewError::Path { step, .. } => step,
+            ViewError::Os { step, .. }
+            | ViewError::Path { step, .. }
+            | ViewError::Swapped { step, .. } => step,
         }
     }
 }
@@ -281,11 +287,9 @@ fn plain_path(root: &Path, target: &str) -> Result<(), ViewError> {
             // Not there yet: the mount creates it (the check after the mount sees it).
             Some(libc::ENOENT) => return Ok(()),
             Some(libc::ELOOP) | Some(libc::EXDEV) => {
-                return Err(ViewError::Os {
-                    step: format!(
-                        "{target}: a symlink on the way to it in a read-write tree (something with write access swapped it; not followed); refusing to start"
-                    ),
-                    source: e,
+                return Err(ViewError::Swapped {
+                    step,
+                    target: target.to_string(),
                 });
             }
             _ => return Err(ViewError::Os { step, source: e }),
