@@ -25,8 +25,14 @@ log=$(mktemp)
 export AGENTCELL_CLUSTER_DOWN=1
 trap 'rm -f "$log"; bash scripts/cluster.sh down >&2 || true' EXIT
 set +e
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+# A hung test must not eat CI's whole budget in silence: past the limit the run is stopped and
+# fails, and cargo's "has been running for over 60 seconds" lines above name the test.
+limit="${AGENTCELL_TEST_LIMIT:-3000}"
+timeout --kill-after=30 "$limit" cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  echo "test.sh: cargo test stopped after ${limit}s (AGENTCELL_TEST_LIMIT); a test hung: see the last 'running for over 60 seconds' line" >&2
+fi
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
