@@ -218,22 +218,27 @@ impl Service {
             next_handle: AtomicU32::new(INIT_HANDLE + 1),
             qemu_pid,
         };
-        self.attach_io(&client, INIT_HANDLE, &ctr.init, pside)
+        let stdin = self
+            .attach_io(&client, INIT_HANDLE, &ctr.init, pside)
             .map_err(|e| e.to_string())?;
         client
             .create(INIT_HANDLE, translated.spec)
             .map_err(|e| format!("creating the container in the guest: {e}"))?;
+        Self::pump_stdin(&client, INIT_HANDLE, stdin);
         Ok((parts, qemu_pid))
     }
 
-    /// Wires a process's containerd streams to the agent channel: output sinks, a stdin pump.
+    /// Wires a process's containerd output streams to the agent channel. Returns its stdin,
+    /// for `pump_stdin` once the guest knows the handle: the agent drops input for a handle it
+    /// has not created yet, and a pump started before `create`/`exec` lost a fast writer's bytes
+    /// (an exec's `cat` saw only the end of file).
     fn attach_io(
         &self,
         client: &Client,
         handle: u32,
         p: &Proc,
         pside: ProcessSide,
-    ) -> Result<(), crate::vm::client::ClientError> {
+    ) -> Result<Option<OwnedFd>, crate::vm::client::ClientError> {
         let out = SharedOut::new(pside.stdout);
         let err = SharedOut::new(pside.stderr);
         *p.vm_out.lock().expect("vm out") = vec![out.clone(), err.clone()];
@@ -245,25 +250,28 @@ impl Service {
                 exit: None,
             },
         )?;
-        if let Some(fd) = pside.stdin {
-            let client = client.clone();
-            std::thread::spawn(move || {
-                let mut src = File::from(fd);
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match src.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if client.write_stdin(handle, &buf[..n]).is_err() {
-                                return;
-                            }
+        Ok(pside.stdin)
+    }
+
+    /// Copies containerd's stdin of a process the guest has created to it, then closes it.
+    fn pump_stdin(client: &Client, handle: u32, stdin: Option<OwnedFd>) {
+        let Some(fd) = stdin else { return };
+        let client = client.clone();
+        std::thread::spawn(move || {
+            let mut src = File::from(fd);
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match src.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if client.write_stdin(handle, &buf[..n]).is_err() {
+                            return;
                         }
                     }
                 }
-                let _ = client.close_stdin(handle);
-            });
-        }
-        Ok(())
+            }
+            let _ = client.close_stdin(handle);
+        });
     }
 
     /// Waits for `p` (handle `handle`) to exit in the guest; records it and tells containerd.
@@ -338,13 +346,15 @@ impl Service {
         let handle = v.next_handle.fetch_add(1, Ordering::SeqCst);
         *p.handle.lock().expect("handle") = handle;
         let proc_spec = vmspec::exec_process(&process, p.stdio.terminal, pside.stdin.is_some());
-        self.attach_io(&v.client, handle, p, pside)
+        let stdin = self
+            .attach_io(&v.client, handle, p, pside)
             .map_err(|e| e.to_string())?;
         *p.io.lock().expect("io") = sside;
         let guest_pid = v
             .client
             .exec(handle, INIT_HANDLE, proc_spec)
             .map_err(|e| format!("exec {}: {e}", p.exec_id))?;
+        Self::pump_stdin(&v.client, handle, stdin);
         tracing::debug!(container = %c.id, exec = %p.exec_id, guest_pid, "exec started in the guest");
         *p.pid.lock().expect("pid") = v.qemu_pid;
         self.watch_vm_exit(c, p, handle, v.qemu_pid);
