@@ -56,7 +56,7 @@ fn entries(dir: &str) -> usize {
 fn census(c: &Containerd) -> BTreeMap<&'static str, usize> {
     let sockets = (0..=200)
         .map(|i| format!("cyc{i}"))
-        .chain(["k1".to_string(), "r1".to_string()])
+        .chain(["k0", "k1", "r1"].map(String::from))
         .filter(|id| c.shim_socket(id).exists())
         .count();
     let cgroups = std::fs::read_dir("/sys/fs/cgroup")
@@ -128,6 +128,23 @@ fn a_shim_killed_mid_run_is_cleaned_up_by_delete() {
     let _serial = serial();
     let c = Containerd::start("shimkill");
     let rootfs = image::rootfs(&c.dir.join("rootfs"));
+    // One container first, deleted as usual: what every container of this containerd namespace
+    // shares (its parent cgroups, the shim's state directory for the namespace) is counted
+    // before and after, so only what the killed shim's container left differs.
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "k0",
+        "/bin/true",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    settle(&c);
     let before = census(&c);
     sleep_detached(&c, &rootfs, "k1", "4242");
     let sleeping = || count_lines("pgrep", &["-f", "^/bin/sleep 4242$"]);
