@@ -5,6 +5,8 @@
 # namespaces, seccomp profile and cgroup limits; they do not apply Landlock, agentcell does).
 # Prints the median wall time of each and the ratios. Needs root; N=runs (default 40).
 # `ac-nowarm` is agentcell with AGENTCELL_CGROUP_WARM=0 (its `env` adds ~1 ms).
+# AC_BASE=PATH adds `ac-base`, another agentcell binary (a build of an earlier commit) run the
+# same way in the same interleaved loop, and the ratio agentcell/ac-base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-40}
@@ -44,10 +46,10 @@ for p in /bin /sbin /lib /lib32 /lib64 /libx32 /usr/bin /usr/sbin /usr/lib /usr/
 done
 bwrap_args+=(--dev /dev --proc /proc --tmpfs /tmp -- /bin/true)
 
-python3 - "$N" "$AC" "$POLICY" "$work/bundle" "${bwrap_args[@]}" <<'PY'
+python3 - "$N" "$AC" "$POLICY" "$work/bundle" "${AC_BASE:-}" "${bwrap_args[@]}" <<'PY'
 import statistics, subprocess, sys, time
-n, ac, policy, bundle = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-bwrap = ["bwrap"] + sys.argv[5:]
+n, ac, policy, bundle, base = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+bwrap = ["bwrap"] + sys.argv[6:]
 cmds = {
     "agentcell": lambda i: [ac, "run", "--policy", policy, "--", "/bin/true"],
     # The same without paying the cgroup attach's grace period early (sandbox/attach_warm.rs).
@@ -56,6 +58,8 @@ cmds = {
     "runc": lambda i: ["runc", "run", "--bundle", bundle, f"acbench-runc-{i}"],
     "crun": lambda i: ["crun", "run", "--bundle", bundle, f"acbench-crun-{i}"],
 }
+if base:
+    cmds["ac-base"] = lambda i: [base, "run", "--policy", policy, "--", "/bin/true"]
 times = {k: [] for k in cmds}
 for i in range(n):                      # interleaved, so drift hits every runtime alike
     for name, cmd in cmds.items():
@@ -71,4 +75,8 @@ for k, v in med.items():
 print(f"ratio agentcell/bwrap {med['agentcell'] / med['bwrap']:.2f}")
 print(f"ratio agentcell/runc  {med['agentcell'] / med['runc']:.2f}")
 print(f"ratio agentcell/crun  {med['agentcell'] / med['crun']:.2f}")
+if base:
+    print(f"ratio agentcell/ac-base {med['agentcell'] / med['ac-base']:.2f}")
+    for k in ("bwrap", "runc", "crun"):
+        print(f"ratio ac-base/{k:5} {med['ac-base'] / med[k]:.2f}")
 PY
