@@ -563,7 +563,7 @@ pkill_exact_supervise() {
 our_shims() {
   local pid
   for pid in $(ls /proc | grep -E '^[0-9]+$'); do
-    tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null | grep -q -- "-address $CONTAINERD_SOCK " && echo "$pid"
+    tr '\0' ' ' 2>/dev/null </proc/"$pid"/cmdline | grep -q -- "-address $CONTAINERD_SOCK " && echo "$pid"
   done
   return 0
 }
