@@ -242,6 +242,24 @@ impl Client {
         self.send(&HostMessage::CloseStdin { handle })
     }
 
+    /// Copies `src` to `handle`'s stdin until its end, then closes that stdin (blocking: run
+    /// it on a thread of its own). Call only once the guest has created `handle`: the agent
+    /// drops input for a handle it does not know.
+    pub fn copy_stdin(&self, handle: u32, mut src: impl std::io::Read) {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            match src.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if self.write_stdin(handle, &buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = self.close_stdin(handle);
+    }
+
     pub fn resize(&self, handle: u32, rows: u16, cols: u16) -> Result<(), ClientError> {
         self.send(&HostMessage::Resize { handle, rows, cols })
     }

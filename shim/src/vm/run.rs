@@ -1,7 +1,7 @@
 //! `agentcell run --isolation microvm`: one VM for one workload, with the same plan, exit codes
 //! and stdio as the container tier.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -200,21 +200,7 @@ fn workload<'a>(
     let stdin_client = c.clone();
     std::thread::Builder::new()
         .name("vm-stdin".into())
-        .spawn(move || {
-            let mut buf = [0u8; 32 << 10];
-            let mut stdin = std::io::stdin().lock();
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if stdin_client.write_stdin(H, &buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = stdin_client.close_stdin(H);
-        })
+        .spawn(move || stdin_client.copy_stdin(H, std::io::stdin().lock()))
         .map_err(|e| err("vm.stdin")(e.to_string()))?;
     // The guest enforces the deadline (it kills the whole container); the host waits a little
     // longer, then gives up on the guest and reports the timeout itself.

@@ -5,7 +5,7 @@
 //! from the agent channel instead of the reaper and the FIFOs.
 
 use std::fs::File;
-use std::io::{Read as _, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -257,21 +257,7 @@ impl Service {
     fn pump_stdin(client: &Client, handle: u32, stdin: Option<OwnedFd>) {
         let Some(fd) = stdin else { return };
         let client = client.clone();
-        std::thread::spawn(move || {
-            let mut src = File::from(fd);
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match src.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if client.write_stdin(handle, &buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = client.close_stdin(handle);
-        });
+        std::thread::spawn(move || client.copy_stdin(handle, File::from(fd)));
     }
 
     /// Waits for `p` (handle `handle`) to exit in the guest; records it and tells containerd.
