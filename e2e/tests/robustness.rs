@@ -42,6 +42,23 @@ fn sleep_detached(c: &Containerd, rootfs: &std::path::Path, id: &str, seconds: &
     assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
 }
 
+/// `ctr run --rm` of `/bin/true` as `id`, which must exit 0.
+fn run_true(c: &Containerd, rootfs: &std::path::Path, id: &str) {
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        &annotation(),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        id,
+        "/bin/true",
+    ]);
+    assert_eq!(r.code, 0, "{id}: {r:?}\n{}", c.log());
+}
+
 fn count_lines(cmd: &str, args: &[&str]) -> usize {
     let out = std::process::Command::new(cmd).args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().count()
@@ -93,25 +110,8 @@ fn two_hundred_cycles_leave_nothing_behind() {
     let _serial = serial();
     let c = Containerd::start("cycles");
     let rootfs = image::rootfs(&c.dir.join("rootfs"));
-    let rootfs = rootfs.to_str().unwrap();
     // One cycle first: the first run creates what is shared and kept (the state root).
-    let ann = annotation();
-    let run = |i: usize| {
-        let id = format!("cyc{i}");
-        let r = c.ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--annotation",
-            &ann,
-            "--rootfs",
-            rootfs,
-            &id,
-            "/bin/true",
-        ]);
-        assert_eq!(r.code, 0, "cycle {i}: {r:?}");
-    };
+    let run = |i: usize| run_true(&c, &rootfs, &format!("cyc{i}"));
     run(0);
     settle(&c);
     let before = census(&c);
@@ -131,19 +131,7 @@ fn a_shim_killed_mid_run_is_cleaned_up_by_delete() {
     // One container first, deleted as usual: what every container of this containerd namespace
     // shares (its parent cgroups, the shim's state directory for the namespace) is counted
     // before and after, so only what the killed shim's container left differs.
-    let r = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--annotation",
-        &annotation(),
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "k0",
-        "/bin/true",
-    ]);
-    assert_eq!(r.code, 0, "{r:?}\n{}", c.log());
+    run_true(&c, &rootfs, "k0");
     settle(&c);
     let before = census(&c);
     sleep_detached(&c, &rootfs, "k1", "4242");

@@ -223,15 +223,13 @@ fn judge(results: &[Ran], swapped: &str) {
 }
 
 /// The coding-agent shape (read-write `ws`, read-only `ws/.git`) while another sandbox swaps
-/// `ws/.git` with a symlink to `/`: no victim gets the host's root (a marker placed there, the
-/// host's writable /proc) at `ws/.git`.
-#[test]
-fn a_swapped_read_only_path_never_mounts_the_host_root() {
-    require_root();
-    let f = Fixture::new("race-ro");
+/// `ws/.git` with a symlink to `/`: 50 victims started with `opts` run `probes` (given the path
+/// of `ws/.git` and the host marker's name; each prints `LEAK:...` on a leak), then `DONE`.
+fn swap_read_only_git(name: &str, opts: &[&str], probes: impl Fn(&str, &str) -> String) {
+    let f = Fixture::new(&format!("race-{name}"));
     f.mkdir("ws/.git");
     let swapper = compile_swapper(&f);
-    let marker = Marker::new("ro");
+    let marker = Marker::new(name);
     let (child, stop) = start_swapper(&f, &swapper, ".git", "/");
     let p = write_policy(
         &f,
@@ -239,18 +237,27 @@ fn a_swapped_read_only_path_never_mounts_the_host_root() {
         json!({"readwritePaths": [f.p("ws")], "readonlyPaths": [f.p("ws/.git")]}),
     );
     let git = f.p("ws/.git");
-    let script = format!(
-        "[ -e {git}/{m} ] && echo LEAK:marker; [ -w {git}/proc/sys/kernel/core_pattern ] && echo LEAK:core_pattern; \
-         [ -w /proc/sys/kernel/core_pattern ] && echo LEAK:own_core_pattern; echo DONE",
-        m = marker.name()
-    );
-    let results = victims(50, &p, &script);
+    let script = format!("{} echo DONE", probes(&git, &marker.name()));
+    let results = victims_in(opts, 50, &p, &script);
     let swaps = stop_swapper(child, &stop);
     assert!(
         swaps > 0,
         "the attacker never swapped: the test proves nothing"
     );
     judge(&results, &git);
+}
+
+/// No victim gets the host's root (a marker placed there, the host's writable /proc) at
+/// `ws/.git`.
+#[test]
+fn a_swapped_read_only_path_never_mounts_the_host_root() {
+    require_root();
+    swap_read_only_git("ro", &[], |git, m| {
+        format!(
+            "[ -e {git}/{m} ] && echo LEAK:marker; [ -w {git}/proc/sys/kernel/core_pattern ] && echo LEAK:core_pattern; \
+             [ -w /proc/sys/kernel/core_pattern ] && echo LEAK:own_core_pattern;"
+        )
+    });
 }
 
 /// The same attack on the micro-VM tier: qemu exports what `prepare` resolved (copies of its
@@ -262,28 +269,11 @@ fn a_swapped_read_only_path_never_reaches_a_micro_vm() {
     if let Err(e) = agentcell::vm::assets::load(&agentcell::vm::assets::vm_dir(None)) {
         panic!("micro-VM assets missing ({e}); scripts/test.sh installs them");
     }
-    let f = Fixture::new("race-vm");
-    f.mkdir("ws/.git");
-    let swapper = compile_swapper(&f);
-    let marker = Marker::new("vm");
-    let (child, stop) = start_swapper(&f, &swapper, ".git", "/");
-    let p = write_policy(
-        &f,
-        "victim",
-        json!({"readwritePaths": [f.p("ws")], "readonlyPaths": [f.p("ws/.git")]}),
-    );
-    let git = f.p("ws/.git");
-    let script = format!(
-        "[ -e {git}/{m} ] && echo LEAK:marker; [ -e {git}/etc/shadow ] && echo LEAK:shadow; echo DONE",
-        m = marker.name()
-    );
-    let results = victims_in(&["--isolation", "microvm"], 50, &p, &script);
-    let swaps = stop_swapper(child, &stop);
-    assert!(
-        swaps > 0,
-        "the attacker never swapped: the test proves nothing"
-    );
-    judge(&results, &git);
+    swap_read_only_git("vm", &["--isolation", "microvm"], |git, m| {
+        format!(
+            "[ -e {git}/{m} ] && echo LEAK:marker; [ -e {git}/etc/shadow ] && echo LEAK:shadow;"
+        )
+    });
 }
 
 /// The read-write variant: a nested read-write `ws/out` swapped with a symlink to a host
